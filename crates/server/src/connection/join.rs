@@ -1,0 +1,301 @@
+//! The join pipeline, in upstream's order (PROTOCOL.md §4.2), and token expiry.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use supabase_realtime_protocol::join::{postgres_changes_id, JoinConfig, JoinPayload};
+use supabase_realtime_protocol::presence::state_to_wire;
+use supabase_realtime_protocol::{event, sub_topic, Message, Status};
+
+use super::{close_code, Channel, Connection, Control};
+use crate::auth::{Claims, JwtError};
+use crate::fanout::to_ws;
+use crate::limits::SlidingWindow;
+use crate::postgres::{Binding, FeedEvent, SubscribeRequest, Subscription};
+use crate::registry::{next_sub_id, Subscriber, TopicKey};
+
+/// Token checks happen at least this often, as upstream re-verifies channel tokens.
+const MAX_TOKEN_CHECK: Duration = Duration::from_secs(300);
+
+/// What a refused private join says when no policy lets the user read the topic.
+pub(crate) fn unauthorized_read(name: &str) -> String {
+    format!("Unauthorized: You do not have permissions to read from this Channel topic: {name}")
+}
+
+enum Refusal {
+    /// Reply with this reason after the error backoff.
+    Reply(String),
+    /// Reply, then close the whole socket (upstream: join rate limit).
+    ReplyAndClose(String),
+}
+
+impl Connection {
+    pub(super) fn join(&mut self, m: Message) {
+        let Some(name) = sub_topic(&m.topic).map(str::to_owned) else {
+            self.unmatched_topic(&m);
+            return;
+        };
+        // A second join of a joined topic replaces the first: close the old instance first.
+        if let Some(old) = self.remove_channel(&m.topic) {
+            self.phx_close(&m.topic, &old.join_ref);
+        }
+        match self.try_join(&m, &name) {
+            Ok(()) => {}
+            Err(Refusal::Reply(reason)) => self.refuse(&m, reason, false),
+            Err(Refusal::ReplyAndClose(reason)) => self.refuse(&m, reason, true),
+        }
+    }
+
+    fn try_join(&mut self, m: &Message, name: &str) -> Result<(), Refusal> {
+        let state = self.state.clone();
+        if state.shutdown.is_cancelled() {
+            return Err(Refusal::Reply(
+                "RealtimeRestarting: Realtime is restarting, please standby".into(),
+            ));
+        }
+        if name.is_empty() {
+            return Err(Refusal::Reply(
+                "TopicNameRequired: You must provide a topic name".into(),
+            ));
+        }
+        let (payload, problems) = JoinPayload::parse(&m.payload);
+        if !problems.is_empty() {
+            tracing::warn!(conn = self.id, topic = %m.topic, ?problems, "InvalidJoinPayload: continuing with what could be read");
+        }
+        let legacy = payload.config.is_none();
+        let config = payload.config.unwrap_or_default();
+
+        if self.channels.is_empty()
+            && state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users
+        {
+            return Err(Refusal::Reply(
+                "ConnectionRateLimitReached: Too many connected users".into(),
+            ));
+        }
+        if state.joins.add_and_check(1) {
+            return Err(Refusal::ReplyAndClose(
+                "ClientJoinRateLimitReached: Too many joins per second".into(),
+            ));
+        }
+        if self.channels.len() >= state.config.max_channels_per_client {
+            return Err(Refusal::Reply(
+                "ChannelRateLimitReached: Too many channels".into(),
+            ));
+        }
+        let token = match payload.access_token {
+            Some(t) if !t.starts_with("sb_") => t,
+            _ => self.token.clone(),
+        };
+        // Verified again even when it is the socket's own token: it may have expired since.
+        let claims = state
+            .jwt
+            .verify(&token)
+            .map_err(|e: JwtError| Refusal::Reply(e.join_reason()))?;
+
+        if config.private && !may_use_private_channel(&claims) {
+            return Err(Refusal::Reply(unauthorized_read(name)));
+        }
+        if config.replay.is_some() && !config.private {
+            return Err(Refusal::Reply(
+                "UnableToReplayMessages: Replay is not allowed for public channels".into(),
+            ));
+        }
+
+        let response = if legacy {
+            json!({})
+        } else {
+            json!({"postgres_changes": with_ids(&config.postgres_changes)})
+        };
+        let sub = next_sub_id();
+        let key = TopicKey {
+            name: name.to_owned(),
+            private: config.private,
+        };
+        let presence_key = config
+            .presence_key
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v1(&rand::random()).to_string());
+        let subscriber = Subscriber {
+            outbox: self.outbox.clone(),
+            control: self.control.clone(),
+            serializer: self.serializer,
+        };
+        let reply = Message::reply_to(m, Status::Ok, response);
+        let serializer = self.serializer;
+        let outbox = self.outbox.clone();
+        let join_ref = m.join_ref.clone();
+        let presence_enabled = config.presence_enabled;
+        let topic = state.registry.with_topic(&key, |topic| {
+            topic.add(sub, subscriber, |presence| {
+                outbox.send(to_ws(serializer.encode_server_message(&reply)));
+                if presence_enabled {
+                    state.presence_events.add(1);
+                    outbox.send(to_ws(serializer.encode_server_message(
+                        &Message::channel_push(
+                            join_ref.clone(),
+                            m.topic.clone(),
+                            event::PRESENCE_STATE,
+                            state_to_wire(&presence.state()),
+                        ),
+                    )));
+                }
+            });
+            topic.clone()
+        });
+        if self.channels.is_empty() {
+            state.users.fetch_add(1, Ordering::SeqCst);
+        }
+        let postgres = (!config.postgres_changes.is_empty())
+            .then(|| self.subscribe_postgres(&m.topic, name, &join_ref, &config, &claims));
+        self.channels.insert(
+            m.topic.clone(),
+            Channel {
+                sub,
+                topic,
+                join_ref,
+                presence_key,
+                token,
+                claims,
+                token_generation: 0,
+                presence_calls: SlidingWindow::new(
+                    state.config.client_presence_max_calls,
+                    Duration::from_millis(state.config.client_presence_window_ms),
+                ),
+                postgres,
+                config,
+            },
+        );
+        self.arm_token_check(&m.topic);
+        tracing::debug!(conn = self.id, topic = %m.topic, sub, "joined");
+        Ok(())
+    }
+
+    /// Answer a refused join after upstream's backoff, without holding up this socket.
+    fn refuse(&self, m: &Message, reason: String, close: bool) {
+        tracing::info!(conn = self.id, topic = %m.topic, %reason, "join refused");
+        let reply = Message::reply_to(m, Status::Error, json!({"reason": reason}));
+        let frame = to_ws(self.serializer.encode_server_message(&reply));
+        let outbox = self.outbox.clone();
+        let delay = self.state.config.channel_error_backoff();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            outbox.send(frame);
+            if close {
+                outbox.close(close_code::GOING_AWAY, "too many joins per second");
+            }
+        });
+    }
+
+    fn subscribe_postgres(
+        &self,
+        wire_topic: &str,
+        name: &str,
+        join_ref: &Option<String>,
+        config: &JoinConfig,
+        claims: &Claims,
+    ) -> Subscription {
+        let bindings = config
+            .postgres_changes
+            .iter()
+            .map(|item| Binding {
+                id: postgres_changes_id(item),
+                params: item.clone(),
+            })
+            .collect();
+        let outbox = self.outbox.clone();
+        let serializer = self.serializer;
+        let wire_topic = wire_topic.to_owned();
+        let channel_name = name.to_owned();
+        let join_ref = join_ref.clone();
+        // Changes go straight to the socket's queue: the feed never waits on this connection,
+        // and the slow-consumer policy applies as for any other fan-out.
+        let sink = Arc::new(move |ev: FeedEvent| {
+            let m = feed_message(&wire_topic, &channel_name, &join_ref, ev);
+            outbox.send(to_ws(serializer.encode_server_message(&m)));
+        });
+        self.state.feed.subscribe(SubscribeRequest {
+            topic: name.to_owned(),
+            claims: Value::Object(claims.raw.clone()),
+            bindings,
+            sink,
+        })
+    }
+
+    /// Schedule the next token check of `topic` at `min(5 min, exp − now)`.
+    pub(super) fn arm_token_check(&self, topic: &str) {
+        let Some(channel) = self.channels.get(topic) else {
+            return;
+        };
+        let left = channel.claims.seconds_left().max(0) as u64;
+        let delay = Duration::from_secs(left).min(MAX_TOKEN_CHECK);
+        let control = self.control.clone();
+        let (sub, generation) = (channel.sub, channel.token_generation);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = control.send(Control::TokenCheck { sub, generation }).await;
+        });
+    }
+
+    pub(super) fn token_check(&mut self, sub: u64, generation: u64) {
+        let Some(topic) = self.topic_of(sub) else {
+            return;
+        };
+        let Some(channel) = self.channels.get(&topic) else {
+            return;
+        };
+        if channel.token_generation != generation {
+            return;
+        }
+        match self.state.jwt.verify(&channel.token) {
+            Ok(_) => self.arm_token_check(&topic),
+            Err(e) => self.close_channel(&topic, &e.to_string()),
+        }
+    }
+}
+
+/// Without a database there are no RLS policies on `realtime.messages`: as on a Supabase
+/// project with none, only roles that bypass RLS (`service_role`) may use private channels.
+pub(crate) fn may_use_private_channel(claims: &Claims) -> bool {
+    claims.role == "service_role"
+}
+
+/// The join reply's `postgres_changes`: each item as sent, plus its `id`.
+fn with_ids(items: &[Value]) -> Value {
+    Value::Array(
+        items
+            .iter()
+            .map(|item| match item {
+                Value::Object(map) => {
+                    let mut map = map.clone();
+                    map.insert("id".into(), Value::from(postgres_changes_id(item)));
+                    Value::Object(map)
+                }
+                other => other.clone(),
+            })
+            .collect(),
+    )
+}
+
+fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: FeedEvent) -> Message {
+    match ev {
+        FeedEvent::Subscribed => Message::channel_push(
+            join_ref.clone(),
+            wire_topic,
+            event::SYSTEM,
+            json!({"extension": "postgres_changes", "status": "ok", "message": "Subscribed to PostgreSQL", "channel": name}),
+        ),
+        FeedEvent::Error(message) => Message::channel_push(
+            join_ref.clone(),
+            wire_topic,
+            event::SYSTEM,
+            json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name}),
+        ),
+        FeedEvent::Change { ids, data } => Message::fanout(
+            wire_topic,
+            event::POSTGRES_CHANGES,
+            json!({"ids": ids, "data": data.as_ref()}),
+        ),
+    }
+}

@@ -1,0 +1,161 @@
+//! The one writer task of a socket, and the bounded queue everyone else writes into.
+//!
+//! Fan-out never waits on a socket: it `try_send`s into the queue. A full queue means the
+//! client is not reading fast enough, and the [`SlowConsumerPolicy`] decides: close the
+//! socket with a logged reason (default; the client reconnects and rejoins, so nothing is lost
+//! silently), or drop that one message and log it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SlowConsumerPolicy;
+
+/// A frame for the writer.
+#[derive(Debug)]
+pub(crate) enum OutFrame {
+    /// A data frame, already encoded (cheap to clone: it shares its bytes).
+    Data(WsMessage),
+    /// Send a close frame with this code and reason, then stop.
+    Close(u16, &'static str),
+}
+
+/// WebSocket close codes used by the server.
+pub(crate) mod close_code {
+    /// The server asked the client to go away (upstream: join rate limit, tenant gone).
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    /// The server is shutting down; clients should reconnect.
+    pub(crate) const SERVICE_RESTART: u16 = 1012;
+    /// The client did not keep up with its messages.
+    pub(crate) const POLICY_VIOLATION: u16 = 1008;
+}
+
+/// The sending side of a socket's queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<OutFrame>,
+    closer: CancellationToken,
+    policy: SlowConsumerPolicy,
+    conn_id: u64,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    /// Queue a frame without waiting. `false` if it was not queued.
+    pub(crate) fn send(&self, frame: WsMessage) -> bool {
+        match self.tx.try_send(OutFrame::Data(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                match self.policy {
+                    SlowConsumerPolicy::Disconnect => {
+                        if !self.closer.is_cancelled() {
+                            tracing::warn!(
+                                conn = self.conn_id,
+                                "slow consumer: outgoing queue full, closing the socket"
+                            );
+                            self.closer.cancel();
+                        }
+                    }
+                    SlowConsumerPolicy::Drop => {
+                        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(
+                                conn = self.conn_id,
+                                dropped = n,
+                                "slow consumer: outgoing queue full, dropping messages"
+                            );
+                        }
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Ask the writer to close the socket with `code` after what is queued.
+    pub(crate) fn close(&self, code: u16, reason: &'static str) {
+        if self.tx.try_send(OutFrame::Close(code, reason)).is_err() {
+            self.closer.cancel();
+        }
+    }
+}
+
+/// Make a socket's queue and its writer task.
+pub(crate) fn spawn_writer(
+    sink: SplitSink<WebSocket, WsMessage>,
+    capacity: usize,
+    policy: SlowConsumerPolicy,
+    conn_id: u64,
+    closer: CancellationToken,
+    shutdown: CancellationToken,
+) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let outbox = Outbox {
+        tx,
+        closer: closer.clone(),
+        policy,
+        conn_id,
+        dropped: Arc::new(AtomicU64::new(0)),
+    };
+    let handle = tokio::spawn(writer(sink, rx, closer, shutdown));
+    (outbox, handle)
+}
+
+async fn writer(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<OutFrame>,
+    closer: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(64);
+    let close = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Some((close_code::SERVICE_RESTART, "server shutting down")),
+            _ = closer.cancelled() => break Some((close_code::POLICY_VIOLATION, "closed by server")),
+            n = rx.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    break None;
+                }
+                let mut stop = None;
+                for frame in batch.drain(..) {
+                    match frame {
+                        OutFrame::Data(m) => {
+                            if sink.feed(m).await.is_err() {
+                                closer.cancel();
+                                return;
+                            }
+                        }
+                        OutFrame::Close(code, reason) => {
+                            stop = Some((code, reason));
+                            break;
+                        }
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    closer.cancel();
+                    return;
+                }
+                if let Some(stop) = stop {
+                    break Some(stop);
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let _ = sink
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+    closer.cancel();
+}

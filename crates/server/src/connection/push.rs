@@ -1,0 +1,233 @@
+//! Client pushes on a joined channel: broadcast, presence, access_token.
+
+use serde_json::{json, Map, Value};
+use supabase_realtime_protocol::binary::BinaryPush;
+use supabase_realtime_protocol::{event, Message, Status, UserBroadcast, UserPayload};
+
+use super::Connection;
+use crate::fanout::Body;
+
+/// The broadcast ack error; upstream sends it as a bare JSON string.
+const PAYLOAD_SIZE_EXCEEDED: &str = "payload_size_exceeded";
+
+impl Connection {
+    /// Whether a payload is over the limit. `frame_len` bounds it from above, so the payload
+    /// is measured only when the frame itself is large.
+    fn oversized(&self, frame_len: usize, payload: &Value) -> bool {
+        oversized(self.state.config.max_payload_bytes(), frame_len, payload)
+    }
+
+    pub(super) fn broadcast(&mut self, m: &Message, frame_len: usize) {
+        let Some(channel) = self.channels.get(&m.topic) else {
+            return;
+        };
+        self.state.events.add(1);
+        let ack = channel.config.broadcast_ack;
+        if self.oversized(frame_len, &m.payload) {
+            if ack {
+                self.reply(m, Status::Error, Value::from(PAYLOAD_SIZE_EXCEEDED));
+            }
+            return;
+        }
+        let exclude = (!channel.config.broadcast_self).then_some(channel.sub);
+        let topic = channel.topic.clone();
+        // The client's map is forwarded as it came (extra keys survive), as upstream does.
+        topic.broadcast(
+            Body::Json(Message::fanout(
+                m.topic.clone(),
+                event::BROADCAST,
+                m.payload.clone(),
+            )),
+            exclude,
+            &self.state.events,
+        );
+        if ack {
+            self.reply(m, Status::Ok, json!({}));
+        }
+    }
+
+    /// A kind-3 binary push: a broadcast with the user's event and payload.
+    pub(super) fn on_user_broadcast(&mut self, b: UserBroadcast, frame_len: usize) {
+        let Some(channel) = self.channels.get(&b.topic) else {
+            self.unmatched_topic(&Message::new(
+                b.join_ref,
+                b.msg_ref,
+                b.topic,
+                event::BROADCAST,
+                Value::Null,
+            ));
+            return;
+        };
+        if let (Some(sent), Some(current)) = (&b.join_ref, &channel.join_ref) {
+            if sent != current {
+                return;
+            }
+        }
+        self.state.events.add(1);
+        let ack = channel.config.broadcast_ack;
+        let as_reply_target = Message::new(
+            b.join_ref.clone(),
+            b.msg_ref.clone(),
+            b.topic.clone(),
+            event::BROADCAST,
+            Value::Null,
+        );
+        if frame_len > self.state.config.max_payload_bytes() {
+            if ack {
+                self.reply(
+                    &as_reply_target,
+                    Status::Error,
+                    Value::from(PAYLOAD_SIZE_EXCEEDED),
+                );
+            }
+            return;
+        }
+        if let UserPayload::Json(raw) = &b.payload {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(raw).is_err() {
+                tracing::warn!(conn = self.id, topic = %b.topic, "MalformedWebSocketMessage: broadcast payload is not JSON");
+                return;
+            }
+        }
+        let exclude = (!channel.config.broadcast_self).then_some(channel.sub);
+        let topic = channel.topic.clone();
+        // The pushed metadata is ignored, as upstream does; deliveries carry none.
+        let delivery = UserBroadcast {
+            join_ref: None,
+            msg_ref: None,
+            topic: b.topic,
+            event: b.event,
+            metadata: None,
+            payload: b.payload,
+        };
+        topic.broadcast(Body::User(delivery), exclude, &self.state.events);
+        if ack {
+            self.reply(&as_reply_target, Status::Ok, json!({}));
+        }
+    }
+
+    /// A kind-0 binary push. Only `broadcast` means anything: it is fanned out as kind 2.
+    pub(super) fn on_binary_push(&mut self, p: BinaryPush, frame_len: usize) {
+        let Some(channel) = self.channels.get(&p.topic) else {
+            return;
+        };
+        if p.event != event::BROADCAST || frame_len > self.state.config.max_payload_bytes() {
+            tracing::info!(conn = self.id, topic = %p.topic, event = %p.event, "binary push ignored");
+            return;
+        }
+        self.state.events.add(1);
+        let exclude = (!channel.config.broadcast_self).then_some(channel.sub);
+        let topic = channel.topic.clone();
+        topic.broadcast(
+            Body::Opaque {
+                topic: p.topic,
+                event: p.event,
+                data: p.data,
+            },
+            exclude,
+            &self.state.events,
+        );
+    }
+
+    pub(super) fn presence(&mut self, m: &Message, frame_len: usize) {
+        let event = m
+            .payload
+            .get("event")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase);
+        let Some(event) = event else {
+            // No event: upstream answers ok and does nothing.
+            self.reply(m, Status::Ok, json!({}));
+            return;
+        };
+        let limit_hit = {
+            let Some(channel) = self.channels.get_mut(&m.topic) else {
+                return;
+            };
+            !channel.presence_calls.allow()
+        };
+        if limit_hit {
+            self.close_channel(&m.topic, "Client presence rate limit exceeded");
+            return;
+        }
+        if self.state.presence_events.add_and_check(1) {
+            self.close_channel(&m.topic, "Too many presence messages per second");
+            return;
+        }
+        let Some(channel) = self.channels.get_mut(&m.topic) else {
+            return;
+        };
+        let (sub, topic) = (channel.sub, channel.topic.clone());
+        match event.as_str() {
+            "track" => {
+                let payload = match m.payload.get("payload") {
+                    None | Some(Value::Null) => Map::new(),
+                    Some(Value::Object(map)) => map.clone(),
+                    Some(_) => {
+                        self.reply(
+                            m,
+                            Status::Error,
+                            json!({"reason": "Presence track payload must be a map"}),
+                        );
+                        return;
+                    }
+                };
+                if oversized(self.state.config.max_payload_bytes(), frame_len, &m.payload) {
+                    self.close_channel(&m.topic, "Track message size exceeded");
+                    return;
+                }
+                // Tracking on a channel joined without presence turns it on, as upstream does.
+                channel.config.presence_enabled = true;
+                let key = channel.presence_key.clone();
+                topic.update_presence(&self.state.presence_events, |t| t.track(sub, &key, payload));
+                self.reply(m, Status::Ok, json!({}));
+            }
+            "untrack" => {
+                topic.update_presence(&self.state.presence_events, |t| t.untrack(sub));
+                self.reply(m, Status::Ok, json!({}));
+            }
+            _ => self.reply(m, Status::Error, json!({})),
+        }
+    }
+
+    /// Swap the channel's token. Never answered, as upstream.
+    pub(super) fn access_token(&mut self, m: &Message) {
+        let Some(token) = m.payload.get("access_token").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(channel) = self.channels.get(&m.topic) else {
+            return;
+        };
+        if token.starts_with("sb_") || token == channel.token {
+            return;
+        }
+        match self.state.jwt.verify(token) {
+            Err(e) => self.close_channel(&m.topic, &e.to_string()),
+            Ok(claims) => {
+                if channel.config.private && !super::join::may_use_private_channel(&claims) {
+                    let name = channel.name().to_owned();
+                    self.close_channel(
+                        &m.topic,
+                        &format!(
+                            "You no longer have permission to read from this Channel topic: {name}"
+                        ),
+                    );
+                    return;
+                }
+                let Some(channel) = self.channels.get_mut(&m.topic) else {
+                    return;
+                };
+                if let Some(pg) = &channel.postgres {
+                    pg.update_claims(Value::Object(claims.raw.clone()));
+                }
+                channel.token = token.to_owned();
+                channel.claims = claims;
+                channel.token_generation += 1;
+                self.arm_token_check(&m.topic);
+            }
+        }
+    }
+}
+
+fn oversized(limit: usize, frame_len: usize, payload: &Value) -> bool {
+    frame_len > limit && serde_json::to_vec(payload).map_or(true, |v| v.len() > limit)
+}

@@ -1,0 +1,44 @@
+//! Routes: the WebSocket endpoint and the REST API, under both the server's own paths and
+//! the `/realtime/v1` prefix that Supabase's API gateway (and so every client) uses.
+
+mod rest;
+mod websocket;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::state::AppState;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let mut router = Router::new();
+    for prefix in ["", "/realtime/v1"] {
+        router = router
+            .route(
+                &format!("{prefix}/api/broadcast"),
+                post(rest::broadcast_batch),
+            )
+            .route(
+                &format!("{prefix}/api/broadcast/{{topic}}/events/{{event}}"),
+                post(rest::broadcast_single),
+            )
+            .route(&format!("{prefix}/api/ping"), get(ping));
+    }
+    router
+        .route("/socket/websocket", get(websocket::upgrade))
+        .route("/realtime/v1/websocket", get(websocket::upgrade))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods(Any)
+                .allow_headers(Any),
+        )
+        .with_state(state)
+}
+
+async fn ping() -> Json<serde_json::Value> {
+    Json(json!({"message": "Success"}))
+}

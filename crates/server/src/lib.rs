@@ -1,0 +1,141 @@
+//! A Supabase Realtime server.
+//!
+//! It speaks the protocol of Supabase's own server (Phoenix channels over WebSocket, both
+//! serializers), so the official JavaScript and Python clients connect to it unchanged:
+//! broadcast, presence, postgres_changes (with a database), REST broadcast, JWT auth and
+//! upstream's limits and error texts. With no database it serves broadcast and presence from
+//! memory.
+//!
+//! Run it with the `supabase-realtime-server serve` command, or embed it:
+//!
+//! ```no_run
+//! use supabase_realtime_server::{Config, Server};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let server = Server::bind(Config::new("127.0.0.1:0".parse().unwrap())).await?;
+//! println!("ws://{}/realtime/v1/websocket", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+mod connection;
+mod fanout;
+mod http;
+mod limits;
+pub mod postgres;
+mod presence;
+mod registry;
+mod state;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::postgres::{ChangeFeed, PostgresConfig};
+use crate::state::AppState;
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl Server {
+    /// Bind the configured address and start serving in the background.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let feed = match &config.database_url {
+            Some(url) => ChangeFeed::start(
+                PostgresConfig {
+                    database_url: url.clone(),
+                    publication: config.publication.clone(),
+                    slot_name: config.slot_name.clone(),
+                    max_record_bytes: config.max_record_bytes,
+                },
+                shutdown.clone(),
+            ),
+            None => ChangeFeed::disabled(),
+        };
+        let state = Arc::new(AppState::new(config, shutdown.clone(), feed));
+        let app = http::router(state.clone());
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        tracing::info!(%addr, database = state.config.database_url.is_some(), "listening on {addr}");
+        Ok(Server { addr, state, task })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Open WebSocket connections.
+    pub fn connection_count(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Stop accepting, close every socket with code 1012 (clients reconnect), and wait for
+    /// them to go, at most the configured shutdown timeout.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        let deadline =
+            Instant::now() + Duration::from_millis(self.state.config.shutdown_timeout_ms);
+        while self.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.connection_count();
+        if left > 0 {
+            tracing::warn!(left, "shutdown timeout: connections still open");
+        }
+        self.task.abort();
+        tracing::info!("server stopped");
+    }
+}
+
+/// Serve until SIGINT or SIGTERM, then shut down gracefully.
+pub async fn run(config: Config) -> io::Result<()> {
+    let server = Server::bind(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received: closing sockets");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

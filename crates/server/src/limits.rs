@@ -1,0 +1,129 @@
+//! Rate limits with upstream's semantics: tenant-wide averages over a 60 s window, and a
+//! per-channel window for presence calls.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+const BUCKETS: usize = 12;
+const BUCKET: Duration = Duration::from_secs(5);
+
+/// Events counted in 5 s buckets; the rate is the average over the last 60 s, as upstream's
+/// rate counters compute it.
+#[derive(Debug)]
+pub(crate) struct RateCounter {
+    limit_per_second: u64,
+    inner: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    counts: [u64; BUCKETS],
+    current: usize,
+    started: Instant,
+}
+
+impl RateCounter {
+    pub(crate) fn new(limit_per_second: u64) -> Self {
+        RateCounter {
+            limit_per_second,
+            inner: Mutex::new(Buckets {
+                counts: [0; BUCKETS],
+                current: 0,
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    fn rotate(b: &mut Buckets, now: Instant) {
+        let elapsed = now.saturating_duration_since(b.started);
+        let steps = (elapsed.as_millis() / BUCKET.as_millis()) as usize;
+        if steps == 0 {
+            return;
+        }
+        for _ in 0..steps.min(BUCKETS) {
+            b.current = (b.current + 1) % BUCKETS;
+            b.counts[b.current] = 0;
+        }
+        b.started += BUCKET * steps as u32;
+    }
+
+    /// Count `n` events.
+    pub(crate) fn add(&self, n: u64) {
+        let mut b = self.inner.lock();
+        Self::rotate(&mut b, Instant::now());
+        let i = b.current;
+        b.counts[i] = b.counts[i].saturating_add(n);
+    }
+
+    /// Whether the 60 s average is above the limit.
+    pub(crate) fn exceeded(&self) -> bool {
+        let mut b = self.inner.lock();
+        Self::rotate(&mut b, Instant::now());
+        let total: u64 = b.counts.iter().sum();
+        total > self.limit_per_second * (BUCKETS as u64) * BUCKET.as_secs()
+    }
+
+    /// Count `n` events and say whether the limit is now exceeded.
+    pub(crate) fn add_and_check(&self, n: u64) -> bool {
+        self.add(n);
+        self.exceeded()
+    }
+}
+
+/// At most `max` calls within any `window`.
+#[derive(Debug)]
+pub(crate) struct SlidingWindow {
+    max: usize,
+    window: Duration,
+    calls: VecDeque<Instant>,
+}
+
+impl SlidingWindow {
+    pub(crate) fn new(max: usize, window: Duration) -> Self {
+        SlidingWindow {
+            max,
+            window,
+            calls: VecDeque::new(),
+        }
+    }
+
+    /// Record a call; `false` when it goes over the limit.
+    pub(crate) fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        while let Some(first) = self.calls.front() {
+            if now.saturating_duration_since(*first) >= self.window {
+                self.calls.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.calls.len() >= self.max {
+            return false;
+        }
+        self.calls.push_back(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn average_over_the_window() {
+        let c = RateCounter::new(10);
+        assert!(!c.add_and_check(600));
+        assert!(c.add_and_check(1));
+    }
+
+    #[test]
+    fn window_allows_max_then_refuses() {
+        let mut w = SlidingWindow::new(5, Duration::from_secs(30));
+        for _ in 0..5 {
+            assert!(w.allow());
+        }
+        assert!(!w.allow());
+    }
+}

@@ -1,0 +1,94 @@
+//! `supabase-realtime-server`: the command line.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use supabase_realtime_server::config::{Config, LogFormat, DEFAULT_JWT_SECRET};
+use tracing_subscriber::EnvFilter;
+
+/// A Supabase Realtime server: broadcast, presence and postgres_changes over the protocol
+/// the official clients speak.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve WebSocket and REST (in memory unless --database-url is given).
+    Serve(Box<Config>),
+    /// Print a signed JWT for local testing.
+    Token {
+        /// The `role` claim.
+        #[arg(long, default_value = "authenticated")]
+        role: String,
+        /// The `sub` claim (user id).
+        #[arg(long)]
+        sub: Option<String>,
+        /// Seconds until `exp`.
+        #[arg(long, default_value_t = 3600)]
+        expires_in: i64,
+        /// Secret to sign with.
+        #[arg(long, env = "JWT_SECRET", default_value = DEFAULT_JWT_SECRET, hide_env_values = true)]
+        jwt_secret: String,
+    },
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token {
+            role,
+            sub,
+            expires_in,
+            jwt_secret,
+        } => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut claims = json!({"role": role, "iat": now, "exp": now + expires_in});
+            if let Some(sub) = sub {
+                claims["sub"] = json!(sub);
+            }
+            println!(
+                "{}",
+                supabase_realtime_server::auth::sign_hs256(&jwt_secret, &claims)
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Serve(config) => {
+            init_logging(&config);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(supabase_realtime_server::run(*config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "server failed");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

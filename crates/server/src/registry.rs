@@ -1,0 +1,223 @@
+//! Topics and their subscribers.
+//!
+//! A topic is a (name, private) pair: upstream keeps public and private channels of the same
+//! name in different rooms. Joining and leaving are O(1) map operations; fan-out walks the
+//! subscriber map under a read lock and only `try_send`s, so no lock is held across an await
+//! and no socket can slow another down.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use supabase_realtime_protocol::presence::PresenceDiff;
+use supabase_realtime_protocol::{event, Message, Serializer};
+use tokio::sync::mpsc;
+
+use crate::connection::{Control, Outbox};
+use crate::fanout::{Body, Encoded};
+use crate::limits::RateCounter;
+use crate::presence::PresenceTracker;
+
+/// Identifies one channel instance (one successful join) server-wide.
+pub(crate) type SubId = u64;
+
+static NEXT_SUB: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_sub_id() -> SubId {
+    NEXT_SUB.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Which room: public and private channels with one name are different rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TopicKey {
+    /// The sub-topic, `room1` for `realtime:room1`.
+    pub(crate) name: String,
+    pub(crate) private: bool,
+}
+
+/// A joined channel as the topic sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber {
+    pub(crate) outbox: Outbox,
+    pub(crate) control: mpsc::Sender<Control>,
+    pub(crate) serializer: Serializer,
+}
+
+/// One room.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) key: TopicKey,
+    subs: RwLock<HashMap<SubId, Subscriber>>,
+    presence: Mutex<PresenceTracker>,
+}
+
+/// Why a receiving channel is being closed by a fan-out.
+pub(crate) const TOO_MANY_MESSAGES: &str = "Too many messages per second";
+pub(crate) const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
+
+impl Topic {
+    fn new(key: TopicKey) -> Self {
+        Topic {
+            key,
+            subs: RwLock::new(HashMap::new()),
+            presence: Mutex::new(PresenceTracker::default()),
+        }
+    }
+
+    /// The wire topic, `realtime:<name>`.
+    pub(crate) fn wire_topic(&self) -> String {
+        format!(
+            "{}{}",
+            supabase_realtime_protocol::TOPIC_PREFIX,
+            self.key.name
+        )
+    }
+
+    /// Add a subscriber. `before_visible` runs while the subscriber is registered but before
+    /// any fan-out can reach it, so the join reply and presence state queue first.
+    pub(crate) fn add(
+        &self,
+        id: SubId,
+        sub: Subscriber,
+        before_visible: impl FnOnce(&PresenceTracker),
+    ) {
+        // Lock order everywhere: presence, then subscribers.
+        let presence = self.presence.lock();
+        let mut subs = self.subs.write();
+        before_visible(&presence);
+        subs.insert(id, sub);
+    }
+
+    /// Remove a subscriber and its presence; the leave is fanned out.
+    pub(crate) fn remove(&self, id: SubId, presence_limit: &RateCounter) {
+        let mut presence = self.presence.lock();
+        let diff = presence.untrack(id);
+        self.subs.write().remove(&id);
+        if let Some(diff) = diff {
+            self.fan_out_presence(&diff, presence_limit);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.subs.read().is_empty() && self.presence.lock().is_empty()
+    }
+
+    /// Fan a message out to every subscriber but `exclude`, counting deliveries against the
+    /// events limit. Returns how many subscribers got it.
+    pub(crate) fn broadcast(
+        &self,
+        body: Body,
+        exclude: Option<SubId>,
+        events: &RateCounter,
+    ) -> usize {
+        let encoded = Encoded::new(body);
+        let subs = self.subs.read();
+        let receivers = subs.len() - usize::from(exclude.is_some_and(|e| subs.contains_key(&e)));
+        if receivers == 0 {
+            return 0;
+        }
+        if events.add_and_check(receivers as u64) {
+            for (id, sub) in subs.iter().filter(|(id, _)| Some(**id) != exclude) {
+                close_channel(*id, sub, TOO_MANY_MESSAGES);
+            }
+            return 0;
+        }
+        let mut delivered = 0;
+        for (id, sub) in subs.iter() {
+            if Some(*id) == exclude {
+                continue;
+            }
+            if let Some(frame) = encoded.frame(sub.serializer) {
+                if sub.outbox.send(frame) {
+                    delivered += 1;
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Apply a presence change under the presence lock and fan out its diff, so diffs reach
+    /// every subscriber in the order they happened.
+    pub(crate) fn update_presence(
+        &self,
+        presence_limit: &RateCounter,
+        change: impl FnOnce(&mut PresenceTracker) -> Option<PresenceDiff>,
+    ) {
+        let mut presence = self.presence.lock();
+        if let Some(diff) = change(&mut presence) {
+            self.fan_out_presence(&diff, presence_limit);
+        }
+    }
+
+    fn fan_out_presence(&self, diff: &PresenceDiff, presence_limit: &RateCounter) {
+        let subs = self.subs.read();
+        if subs.is_empty() {
+            return;
+        }
+        if presence_limit.add_and_check(subs.len() as u64) {
+            for (id, sub) in subs.iter() {
+                close_channel(*id, sub, TOO_MANY_PRESENCE);
+            }
+            return;
+        }
+        let encoded = Encoded::new(Body::Json(Message::fanout(
+            self.wire_topic(),
+            event::PRESENCE_DIFF,
+            diff.to_wire(),
+        )));
+        for sub in subs.values() {
+            if let Some(frame) = encoded.frame(sub.serializer) {
+                sub.outbox.send(frame);
+            }
+        }
+    }
+}
+
+fn close_channel(id: SubId, sub: &Subscriber, message: &'static str) {
+    let _ = sub.control.try_send(Control::CloseChannel {
+        sub: id,
+        message: message.to_owned(),
+    });
+}
+
+/// All topics of the server.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    topics: RwLock<HashMap<TopicKey, Arc<Topic>>>,
+}
+
+impl Registry {
+    /// Run `f` with the topic for `key`, creating it if needed. The registry's read lock is
+    /// held meanwhile, so a concurrent [`Registry::release`] cannot drop the topic under us.
+    pub(crate) fn with_topic<R>(&self, key: &TopicKey, f: impl FnOnce(&Arc<Topic>) -> R) -> R {
+        {
+            let topics = self.topics.read();
+            if let Some(t) = topics.get(key) {
+                return f(t);
+            }
+        }
+        let mut topics = self.topics.write();
+        let t = topics
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Topic::new(key.clone())))
+            .clone();
+        let topics = parking_lot::RwLockWriteGuard::downgrade(topics);
+        let r = f(&t);
+        drop(topics);
+        r
+    }
+
+    /// The topic for `key` if anyone is in it.
+    pub(crate) fn get(&self, key: &TopicKey) -> Option<Arc<Topic>> {
+        self.topics.read().get(key).cloned()
+    }
+
+    /// Drop the topic if nobody is left in it.
+    pub(crate) fn release(&self, key: &TopicKey) {
+        let mut topics = self.topics.write();
+        if topics.get(key).is_some_and(|t| t.is_empty()) {
+            topics.remove(key);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! What every connection and request shares: configuration, topics, limits, the change feed.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::JwtVerifier;
+use crate::config::Config;
+use crate::limits::RateCounter;
+use crate::postgres::ChangeFeed;
+use crate::registry::Registry;
+
+/// Server-wide state, owned by one server instance (never a process global).
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) jwt: JwtVerifier,
+    pub(crate) registry: Registry,
+    /// Broadcast pushes and deliveries (`max_events_per_second`).
+    pub(crate) events: RateCounter,
+    /// Channel joins (`max_joins_per_second`).
+    pub(crate) joins: RateCounter,
+    /// Presence tracks and diff deliveries (`max_presence_events_per_second`).
+    pub(crate) presence_events: RateCounter,
+    /// Connections that have at least one channel (`max_concurrent_users`).
+    pub(crate) users: AtomicUsize,
+    /// Open WebSocket connections.
+    pub(crate) connections: AtomicUsize,
+    next_conn: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) feed: Arc<ChangeFeed>,
+}
+
+impl AppState {
+    pub(crate) fn new(config: Config, shutdown: CancellationToken, feed: Arc<ChangeFeed>) -> Self {
+        AppState {
+            jwt: JwtVerifier::new(&config.jwt_secret),
+            registry: Registry::default(),
+            events: RateCounter::new(config.max_events_per_second),
+            joins: RateCounter::new(config.max_joins_per_second),
+            presence_events: RateCounter::new(config.max_presence_events_per_second),
+            users: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            shutdown,
+            feed,
+            config,
+        }
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
