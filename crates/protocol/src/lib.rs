@@ -39,6 +39,7 @@ pub mod presence;
 mod serializer;
 
 pub use broadcast::{UserBroadcast, UserPayload};
+pub use bytes;
 pub use error::DecodeError;
 pub use message::{Message, Status};
 pub use serializer::{ClientFrame, Serializer, ServerFrame, WireFrame};

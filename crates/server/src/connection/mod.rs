@@ -121,7 +121,13 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
     tracing::debug!(conn = id, reason, "socket closing");
     conn.leave_all();
     drop(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
     state.connections.fetch_sub(1, Ordering::SeqCst);
 }
 

@@ -25,6 +25,9 @@ pub(crate) enum OutFrame {
     Close(u16, &'static str),
 }
 
+/// How long the writer tries to say goodbye to a peer before dropping the socket.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// WebSocket close codes used by the server.
 pub(crate) mod close_code {
     /// The server asked the client to go away (upstream: join rate limit, tenant gone).
@@ -115,47 +118,63 @@ async fn writer(
 ) {
     let mut batch = Vec::with_capacity(64);
     let close = loop {
+        let n = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Some((close_code::SERVICE_RESTART, "server shutting down")),
+            _ = closer.cancelled() => break Some((close_code::POLICY_VIOLATION, "closed by server")),
+            n = rx.recv_many(&mut batch, 64) => n,
+        };
+        if n == 0 {
+            break None;
+        }
+        // Writing waits on the peer; a peer that stopped reading is cut off by the closer
+        // (slow-consumer policy) or by shutdown, even in the middle of a batch.
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Some((close_code::SERVICE_RESTART, "server shutting down")),
             _ = closer.cancelled() => break Some((close_code::POLICY_VIOLATION, "closed by server")),
-            n = rx.recv_many(&mut batch, 64) => {
-                if n == 0 {
-                    break None;
-                }
-                let mut stop = None;
-                for frame in batch.drain(..) {
-                    match frame {
-                        OutFrame::Data(m) => {
-                            if sink.feed(m).await.is_err() {
-                                closer.cancel();
-                                return;
-                            }
-                        }
-                        OutFrame::Close(code, reason) => {
-                            stop = Some((code, reason));
-                            break;
-                        }
-                    }
-                }
-                if sink.flush().await.is_err() {
+            written = write_batch(&mut sink, &mut batch) => match written {
+                Err(()) => {
                     closer.cancel();
                     return;
                 }
-                if let Some(stop) = stop {
-                    break Some(stop);
-                }
-            }
+                Ok(Some(stop)) => break Some(stop),
+                Ok(None) => {}
+            },
         }
     };
-    if let Some((code, reason)) = close {
-        let _ = sink
-            .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-    }
-    let _ = sink.close().await;
+    // A peer that stopped reading must not hold this task forever: the close frame gets a
+    // bounded time, after which the socket is simply dropped.
+    let goodbye = async {
+        if let Some((code, reason)) = close {
+            let _ = sink
+                .send(WsMessage::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     closer.cancel();
+}
+
+/// Write a batch and flush once. `Ok(Some(..))` when the batch asked to close the socket.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    batch: &mut Vec<OutFrame>,
+) -> Result<Option<(u16, &'static str)>, ()> {
+    let mut stop = None;
+    for frame in batch.drain(..) {
+        match frame {
+            OutFrame::Data(m) => sink.feed(m).await.map_err(|_| ())?,
+            OutFrame::Close(code, reason) => {
+                stop = Some((code, reason));
+                break;
+            }
+        }
+    }
+    sink.flush().await.map_err(|_| ())?;
+    Ok(stop)
 }

@@ -23,7 +23,7 @@ fn message(status: StatusCode, text: &str) -> Response {
 }
 
 /// The caller's token: `Authorization: Bearer` if present, else the `apikey` header.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, Response> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<Claims> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -34,10 +34,11 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, Respons
     let token = bearer
         .or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()))
         .unwrap_or("");
-    state.jwt.verify(token).map_err(|e| {
-        tracing::info!(error = %e, "REST broadcast refused");
-        message(StatusCode::UNAUTHORIZED, "Unauthorized")
-    })
+    state
+        .jwt
+        .verify(token)
+        .map_err(|e| tracing::info!(error = %e, "REST broadcast refused"))
+        .ok()
 }
 
 fn rate_limited(state: &AppState) -> Option<Response> {
@@ -55,9 +56,8 @@ pub(super) async fn broadcast_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match authenticate(&state, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
+    let Some(claims) = authenticate(&state, &headers) else {
+        return message(StatusCode::UNAUTHORIZED, "Unauthorized");
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -167,9 +167,8 @@ pub(super) async fn broadcast_single(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match authenticate(&state, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
+    let Some(claims) = authenticate(&state, &headers) else {
+        return message(StatusCode::UNAUTHORIZED, "Unauthorized");
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)

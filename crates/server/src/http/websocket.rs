@@ -13,7 +13,6 @@ use axum::Json;
 use serde_json::json;
 use supabase_realtime_protocol::Serializer;
 
-use crate::auth::JwtError;
 use crate::connection::{self, ConnectInfo};
 use crate::state::AppState;
 
@@ -35,10 +34,10 @@ pub(super) async fn upgrade(
         .to_owned();
     let claims = match state.jwt.verify(&token) {
         Ok(c) => c,
-        Err(e) => return refuse(&state, StatusCode::UNAUTHORIZED, e.connect_message(), &e).await,
+        Err(e) => return refuse(&state, StatusCode::UNAUTHORIZED, &e.connect_message()).await,
     };
     if state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users {
-        return refuse_plain(
+        return refuse(
             &state,
             StatusCode::TOO_MANY_REQUESTS,
             "Too many connected users",
@@ -46,7 +45,7 @@ pub(super) async fn upgrade(
         .await;
     }
     if state.joins.exceeded() {
-        return refuse_plain(
+        return refuse(
             &state,
             StatusCode::TOO_MANY_REQUESTS,
             "Too many joins per second",
@@ -74,20 +73,9 @@ pub(super) async fn upgrade(
         })
 }
 
-async fn refuse(
-    state: &AppState,
-    status: StatusCode,
-    message: String,
-    cause: &JwtError,
-) -> Response {
-    tracing::info!(error = %cause, "handshake refused");
+async fn refuse(state: &AppState, status: StatusCode, message: &str) -> Response {
+    tracing::info!(%status, message, "handshake refused");
     // Upstream sleeps before refusing, to slow down reconnect storms with a bad key.
-    tokio::time::sleep(state.config.connect_error_backoff()).await;
-    (status, Json(json!({"error": message}))).into_response()
-}
-
-async fn refuse_plain(state: &AppState, status: StatusCode, message: &str) -> Response {
-    tracing::info!(message, "handshake refused");
     tokio::time::sleep(state.config.connect_error_backoff()).await;
     (status, Json(json!({"error": message}))).into_response()
 }
