@@ -56,6 +56,11 @@ pub struct Config {
     #[arg(long, env = "PUBLICATION", default_value = "supabase_realtime")]
     pub publication: String,
 
+    /// After a restart, postgres_changes streaming waits this long so that channels rejoining
+    /// in time also get what was committed while the server was down.
+    #[arg(long, env = "REALTIME_PG_RESUME_GRACE_MS", default_value_t = 3000)]
+    pub pg_resume_grace_ms: u64,
+
     /// A change larger than this is delivered with `errors: ["Error 413: Payload Too Large"]`.
     #[arg(long, env = "MAX_RECORD_BYTES", default_value_t = 1_048_576)]
     pub max_record_bytes: usize,

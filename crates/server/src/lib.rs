@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+mod database;
 mod fanout;
 mod http;
 mod limits;
@@ -65,13 +66,33 @@ impl Server {
                     publication: config.publication.clone(),
                     slot_name: config.slot_name.clone(),
                     max_record_bytes: config.max_record_bytes,
+                    resume_grace_ms: config.pg_resume_grace_ms,
                     ..PostgresConfig::new(url.clone())
                 },
                 shutdown.clone(),
             ),
             None => ChangeFeed::disabled(),
         };
-        let state = Arc::new(AppState::new(config, shutdown.clone(), feed));
+        let database = match &config.database_url {
+            Some(url) => Some(
+                database::Database::start(url, shutdown.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
+        let state = Arc::new(AppState::new(
+            config,
+            shutdown.clone(),
+            feed,
+            database.clone(),
+        ));
+        if let Some(db) = database {
+            tokio::spawn(database::broadcast_stream::run(
+                state.clone(),
+                db,
+                shutdown.clone(),
+            ));
+        }
         let app = http::router(state.clone());
         let stop = shutdown.clone();
         // Small frames must leave at once: without TCP_NODELAY a second small write waits for

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use supabase_realtime_server::config::{Config, LogFormat, DEFAULT_JWT_SECRET};
+use supabase_realtime_server::postgres::{ChangeFeed, PostgresConfig};
 use tracing_subscriber::EnvFilter;
 
 /// A Supabase Realtime server: broadcast, presence and postgres_changes over the protocol
@@ -21,6 +22,25 @@ struct Cli {
 enum Command {
     /// Serve WebSocket and REST (in memory unless --database-url is given).
     Serve(Box<Config>),
+    /// Drop the replication slot and publication postgres_changes created (run it while no
+    /// server uses them). The slot is permanent so that no committed change is skipped across
+    /// restarts; a database that will not see this server again should have it dropped, or
+    /// it keeps WAL forever.
+    CleanupPostgres {
+        /// The database.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The slot to drop.
+        #[arg(
+            long,
+            env = "SLOT_NAME",
+            default_value = "supabase_realtime_replication_slot"
+        )]
+        slot_name: String,
+        /// The publication to drop.
+        #[arg(long, env = "PUBLICATION", default_value = "supabase_realtime")]
+        publication: String,
+    },
     /// Print a signed JWT for local testing.
     Token {
         /// The `role` claim.
@@ -71,6 +91,37 @@ fn main() -> ExitCode {
                 supabase_realtime_server::auth::sign_hs256(&jwt_secret, &claims)
             );
             ExitCode::SUCCESS
+        }
+        Command::CleanupPostgres {
+            database_url,
+            slot_name,
+            publication,
+        } => {
+            let config = PostgresConfig {
+                slot_name,
+                publication,
+                ..PostgresConfig::new(database_url)
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(ChangeFeed::cleanup(&config)) {
+                Ok(()) => {
+                    println!(
+                        "dropped slot {} and publication {}",
+                        config.slot_name, config.publication
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve(config) => {
             init_logging(&config);

@@ -5,7 +5,7 @@
 //! subscriber map under a read lock and only `try_send`s, so no lock is held across an await
 //! and no socket can slow another down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -42,6 +42,12 @@ pub(crate) struct Subscriber {
     pub(crate) outbox: Outbox,
     pub(crate) control: mpsc::Sender<Control>,
     pub(crate) serializer: Serializer,
+    /// Whether it may receive broadcasts (always on public channels; by RLS on private ones).
+    pub(crate) reads_broadcast: bool,
+    /// Whether it may receive presence.
+    pub(crate) reads_presence: bool,
+    /// Ids of stored messages already replayed to it, not to be delivered again live.
+    pub(crate) replayed: Option<Arc<HashSet<String>>>,
 }
 
 /// One room.
@@ -111,23 +117,41 @@ impl Topic {
         exclude: Option<SubId>,
         events: &RateCounter,
     ) -> usize {
+        self.deliver(body, events, |id, _| Some(id) != exclude)
+    }
+
+    /// Fan out a message stored in the database (`id`), skipping subscribers that already got
+    /// it by replay.
+    pub(crate) fn broadcast_stored(&self, body: Body, id: &str, events: &RateCounter) -> usize {
+        self.deliver(body, events, |_, sub| {
+            sub.replayed.as_ref().is_none_or(|r| !r.contains(id))
+        })
+    }
+
+    fn deliver(
+        &self,
+        body: Body,
+        events: &RateCounter,
+        wanted: impl Fn(SubId, &Subscriber) -> bool,
+    ) -> usize {
         let encoded = Encoded::new(body);
         let subs = self.subs.read();
-        let receivers = subs.len() - usize::from(exclude.is_some_and(|e| subs.contains_key(&e)));
-        if receivers == 0 {
+        let receivers: Vec<(SubId, &Subscriber)> = subs
+            .iter()
+            .filter(|(id, sub)| sub.reads_broadcast && wanted(**id, sub))
+            .map(|(id, sub)| (*id, sub))
+            .collect();
+        if receivers.is_empty() {
             return 0;
         }
-        if events.add_and_check(receivers as u64) {
-            for (id, sub) in subs.iter().filter(|(id, _)| Some(**id) != exclude) {
-                close_channel(*id, sub, TOO_MANY_MESSAGES);
+        if events.add_and_check(receivers.len() as u64) {
+            for (id, sub) in receivers {
+                close_channel(id, sub, TOO_MANY_MESSAGES);
             }
             return 0;
         }
         let mut delivered = 0;
-        for (id, sub) in subs.iter() {
-            if Some(*id) == exclude {
-                continue;
-            }
+        for (_, sub) in receivers {
             if let Some(frame) = encoded.frame(sub.serializer) {
                 if sub.outbox.send(frame) {
                     delivered += 1;
@@ -135,6 +159,14 @@ impl Topic {
             }
         }
         delivered
+    }
+
+    /// Change what a subscriber may read (after a token refresh re-ran authorization).
+    pub(crate) fn set_access(&self, id: SubId, reads_broadcast: bool, reads_presence: bool) {
+        if let Some(sub) = self.subs.write().get_mut(&id) {
+            sub.reads_broadcast = reads_broadcast;
+            sub.reads_presence = reads_presence;
+        }
     }
 
     /// Apply a presence change under the presence lock and fan out its diff, so diffs reach
@@ -152,11 +184,12 @@ impl Topic {
 
     fn fan_out_presence(&self, diff: &PresenceDiff, presence_limit: &RateCounter) {
         let subs = self.subs.read();
-        if subs.is_empty() {
+        let readers = subs.values().filter(|s| s.reads_presence).count();
+        if readers == 0 {
             return;
         }
-        if presence_limit.add_and_check(subs.len() as u64) {
-            for (id, sub) in subs.iter() {
+        if presence_limit.add_and_check(readers as u64) {
+            for (id, sub) in subs.iter().filter(|(_, s)| s.reads_presence) {
                 close_channel(*id, sub, TOO_MANY_PRESENCE);
             }
             return;
@@ -166,7 +199,7 @@ impl Topic {
             event::PRESENCE_DIFF,
             diff.to_wire(),
         )));
-        for sub in subs.values() {
+        for sub in subs.values().filter(|s| s.reads_presence) {
             if let Some(frame) = encoded.frame(sub.serializer) {
                 sub.outbox.send(frame);
             }

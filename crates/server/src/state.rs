@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::JwtVerifier;
 use crate::config::Config;
+use crate::database::Database;
 use crate::limits::RateCounter;
 use crate::postgres::ChangeFeed;
 use crate::registry::Registry;
@@ -29,10 +30,17 @@ pub(crate) struct AppState {
     next_conn: AtomicU64,
     pub(crate) shutdown: CancellationToken,
     pub(crate) feed: Arc<ChangeFeed>,
+    /// The project database, when one is configured (private channels, database broadcast).
+    pub(crate) database: Option<Arc<Database>>,
 }
 
 impl AppState {
-    pub(crate) fn new(config: Config, shutdown: CancellationToken, feed: Arc<ChangeFeed>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        shutdown: CancellationToken,
+        feed: Arc<ChangeFeed>,
+        database: Option<Arc<Database>>,
+    ) -> Self {
         AppState {
             jwt: JwtVerifier::new(&config.jwt_secret),
             registry: Registry::default(),
@@ -44,6 +52,7 @@ impl AppState {
             next_conn: AtomicU64::new(1),
             shutdown,
             feed,
+            database,
             config,
         }
     }

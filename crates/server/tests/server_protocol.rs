@@ -808,7 +808,13 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_flowing() {
     let big = "x".repeat(200_000);
     for i in 0..N {
         sender
-            .send(Message::new(Some("1".into()), None, "realtime:firehose", "broadcast", json!({"type": "broadcast", "event": "e", "payload": {"i": i, "big": big}})))
+            .send(Message::new(
+                Some("1".into()),
+                None,
+                "realtime:firehose",
+                "broadcast",
+                json!({"type": "broadcast", "event": "e", "payload": {"i": i, "big": big}}),
+            ))
             .await;
         let m = fast.recv_event("broadcast").await;
         assert_eq!(m.payload["payload"]["i"], i);
@@ -817,14 +823,22 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_flowing() {
     // than N messages, because the server dropped it instead of buffering without bound.
     let mut seen = 0;
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut slow.ws)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut slow.ws),
+        )
+        .await
+        {
             Ok(Some(Ok(WsMessage::Text(_)))) => seen += 1,
             Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
             Ok(Some(Ok(_))) => {}
             Err(_) => panic!("the slow client was neither served nor disconnected"),
         }
     }
-    assert!(seen < N, "slow client got all {seen} messages: nothing was cut off");
+    assert!(
+        seen < N,
+        "slow client got all {seen} messages: nothing was cut off"
+    );
     // The server is fine: the sender's socket still answers.
     sender.heartbeat("77").await;
 }

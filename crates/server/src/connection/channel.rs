@@ -5,6 +5,7 @@ use std::sync::Arc;
 use supabase_realtime_protocol::join::JoinConfig;
 
 use crate::auth::Claims;
+use crate::database::authorization::ReadAccess;
 use crate::limits::SlidingWindow;
 use crate::postgres::Subscription;
 use crate::registry::{SubId, Topic};
@@ -25,6 +26,12 @@ pub(crate) struct Channel {
     pub(crate) presence_calls: SlidingWindow,
     /// Held for its Drop: dropping it unsubscribes from postgres_changes.
     pub(crate) postgres: Option<Subscription>,
+    /// What RLS lets this channel read (everything on public channels).
+    pub(crate) access: ReadAccess,
+    /// Write permission, checked on the first broadcast / track of a private channel and kept
+    /// until the token changes.
+    pub(crate) may_broadcast: Option<bool>,
+    pub(crate) may_track: Option<bool>,
 }
 
 impl Channel {

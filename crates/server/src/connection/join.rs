@@ -1,16 +1,20 @@
 //! The join pipeline, in upstream's order (PROTOCOL.md §4.2), and token expiry.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use supabase_realtime_protocol::join::{postgres_changes_id, JoinConfig, JoinPayload};
+use supabase_realtime_protocol::join::{postgres_changes_id, JoinConfig, JoinPayload, Replay};
 use supabase_realtime_protocol::presence::state_to_wire;
-use supabase_realtime_protocol::{event, sub_topic, Message, Status};
+use supabase_realtime_protocol::{event, sub_topic, Message, Status, UserBroadcast, UserPayload};
 
 use super::{close_code, Channel, Connection, Control};
 use crate::auth::{Claims, JwtError};
+use crate::database::authorization::ReadAccess;
+use crate::database::replay::StoredMessage;
+use crate::database::UNABLE_TO_CONNECT;
 use crate::fanout::to_ws;
 use crate::limits::SlidingWindow;
 use crate::postgres::{Binding, FeedEvent, SubscribeRequest, Subscription};
@@ -32,7 +36,7 @@ enum Refusal {
 }
 
 impl Connection {
-    pub(super) fn join(&mut self, m: Message) {
+    pub(super) async fn join(&mut self, m: Message) {
         let Some(name) = sub_topic(&m.topic).map(str::to_owned) else {
             self.unmatched_topic(&m);
             return;
@@ -41,14 +45,14 @@ impl Connection {
         if let Some(old) = self.remove_channel(&m.topic) {
             self.phx_close(&m.topic, &old.join_ref);
         }
-        match self.try_join(&m, &name) {
+        match self.try_join(&m, &name).await {
             Ok(()) => {}
             Err(Refusal::Reply(reason)) => self.refuse(&m, reason, false),
             Err(Refusal::ReplyAndClose(reason)) => self.refuse(&m, reason, true),
         }
     }
 
-    fn try_join(&mut self, m: &Message, name: &str) -> Result<(), Refusal> {
+    async fn try_join(&mut self, m: &Message, name: &str) -> Result<(), Refusal> {
         let state = self.state.clone();
         if state.shutdown.is_cancelled() {
             return Err(Refusal::Reply(
@@ -94,14 +98,41 @@ impl Connection {
             .verify(&token)
             .map_err(|e: JwtError| Refusal::Reply(e.join_reason()))?;
 
-        if config.private && !may_use_private_channel(&claims) {
-            return Err(Refusal::Reply(unauthorized_read(name)));
-        }
-        if config.replay.is_some() && !config.private {
-            return Err(Refusal::Reply(
-                "UnableToReplayMessages: Replay is not allowed for public channels".into(),
-            ));
-        }
+        let access = if config.private {
+            self.authorize_read(name, &claims).await?
+        } else {
+            ReadAccess {
+                broadcast: true,
+                presence: true,
+            }
+        };
+        let replayed = match &config.replay {
+            None => Vec::new(),
+            Some(_) if !config.private => {
+                return Err(Refusal::Reply(
+                    "UnableToReplayMessages: Replay is not allowed for public channels".into(),
+                ))
+            }
+            Some(Replay { since: None, .. }) => {
+                return Err(Refusal::Reply(
+                    "UnableToReplayMessages: Replay params are not valid".into(),
+                ))
+            }
+            Some(_) if !access.broadcast => return Err(Refusal::Reply(unauthorized_read(name))),
+            Some(Replay {
+                since: Some(since),
+                limit,
+            }) => match &state.database {
+                // In memory nothing is stored, so there is nothing to replay.
+                None => Vec::new(),
+                Some(db) => db.replay(name, *since, *limit).await.map_err(|e| {
+                    tracing::warn!(error = %e, topic = name, "replay failed");
+                    Refusal::Reply(
+                        "UnableToReplayMessages: Realtime was unable to replay messages".into(),
+                    )
+                })?,
+            },
+        };
 
         let response = if legacy {
             json!({})
@@ -117,19 +148,36 @@ impl Connection {
             .presence_key
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v1(&rand::random()).to_string());
+        let replay_frames: Vec<_> = replayed
+            .iter()
+            .filter_map(|stored| replay_frame(self.serializer, &m.topic, stored))
+            .collect();
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
             control: self.control.clone(),
             serializer: self.serializer,
+            reads_broadcast: access.broadcast,
+            reads_presence: access.presence,
+            replayed: (!replayed.is_empty()).then(|| {
+                Arc::new(
+                    replayed
+                        .iter()
+                        .map(|r| r.id.clone())
+                        .collect::<HashSet<_>>(),
+                )
+            }),
         };
         let reply = Message::reply_to(m, Status::Ok, response);
         let serializer = self.serializer;
         let outbox = self.outbox.clone();
         let join_ref = m.join_ref.clone();
-        let presence_enabled = config.presence_enabled;
+        let presence_enabled = config.presence_enabled && access.presence;
         let topic = state.registry.with_topic(&key, |topic| {
             topic.add(sub, subscriber, |presence| {
                 outbox.send(to_ws(serializer.encode_server_message(&reply)));
+                for frame in replay_frames {
+                    outbox.send(frame);
+                }
                 if presence_enabled {
                     state.presence_events.add(1);
                     outbox.send(to_ws(serializer.encode_server_message(
@@ -165,11 +213,34 @@ impl Connection {
                 ),
                 postgres,
                 config,
+                access,
+                may_broadcast: None,
+                may_track: None,
             },
         );
         self.arm_token_check(&m.topic);
         tracing::debug!(conn = self.id, topic = %m.topic, sub, "joined");
         Ok(())
+    }
+
+    /// The read check of a private channel: RLS on `realtime.messages` with a database; without
+    /// one there are no policies, so only roles that bypass RLS may read.
+    async fn authorize_read(&self, name: &str, claims: &Claims) -> Result<ReadAccess, Refusal> {
+        match &self.state.database {
+            None if may_use_private_channel(claims) => Ok(ReadAccess {
+                broadcast: true,
+                presence: true,
+            }),
+            None => Err(Refusal::Reply(unauthorized_read(name))),
+            Some(db) => match db.read_access(name, claims, true).await {
+                Ok(access) if access.broadcast || access.presence => Ok(access),
+                Ok(_) => Err(Refusal::Reply(unauthorized_read(name))),
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = name, "private channel authorization failed");
+                    Err(Refusal::Reply(UNABLE_TO_CONNECT.into()))
+                }
+            },
+        }
     }
 
     /// Answer a refused join after upstream's backoff, without holding up this socket.
@@ -297,5 +368,36 @@ fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: Fee
             event::POSTGRES_CHANGES,
             json!({"ids": ids, "data": data.as_ref()}),
         ),
+    }
+}
+
+/// A replayed message for this socket: JSON rows as text broadcasts, binary rows as kind 4
+/// (2.0.0 only), both marked `"replayed": true`.
+fn replay_frame(
+    serializer: supabase_realtime_protocol::Serializer,
+    wire_topic: &str,
+    stored: &StoredMessage,
+) -> Option<axum::extract::ws::Message> {
+    let meta = json!({"replayed": true, "id": stored.id});
+    match (&stored.json, &stored.binary) {
+        (Some(json_text), _) => {
+            let payload: Value = serde_json::from_str(json_text).ok()?;
+            Some(to_ws(serializer.encode_server_message(&Message::fanout(
+                wire_topic,
+                event::BROADCAST,
+                json!({"type": "broadcast", "event": stored.event, "payload": payload, "meta": meta}),
+            ))))
+        }
+        (None, Some(bytes)) => serializer
+            .encode_user_broadcast(&UserBroadcast {
+                join_ref: None,
+                msg_ref: None,
+                topic: wire_topic.to_owned(),
+                event: stored.event.clone(),
+                metadata: Some(bytes::Bytes::from(meta.to_string())),
+                payload: UserPayload::Binary(bytes.clone()),
+            })
+            .map(to_ws),
+        (None, None) => None,
     }
 }

@@ -98,7 +98,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
             biased;
             _ = closer.cancelled() => break "closed by server",
             _ = state.shutdown.cancelled() => break "server shutting down",
-            Some(c) = control_rx.recv() => conn.on_control(c),
+            Some(c) = control_rx.recv() => conn.on_control(c).await,
             _ = &mut deadline => {
                 conn.outbox.close(1000, "idle timeout");
                 break "idle timeout";
@@ -106,7 +106,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
             frame = stream.next() => match frame {
                 Some(Ok(frame)) => {
                     deadline.as_mut().reset(Instant::now() + idle);
-                    if !conn.on_frame(frame) {
+                    if !conn.on_frame(frame).await {
                         break "client closed";
                     }
                 }
@@ -133,7 +133,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
 
 impl Connection {
     /// Handle one frame; `false` when the client closed.
-    fn on_frame(&mut self, frame: WsMessage) -> bool {
+    async fn on_frame(&mut self, frame: WsMessage) -> bool {
         let decoded = match frame {
             WsMessage::Text(t) => {
                 let len = t.len();
@@ -151,8 +151,8 @@ impl Connection {
             WsMessage::Ping(_) | WsMessage::Pong(_) => return true,
         };
         match decoded {
-            Ok((ClientFrame::Message(m), len)) => self.on_message(m, len),
-            Ok((ClientFrame::UserBroadcast(b), len)) => self.on_user_broadcast(b, len),
+            Ok((ClientFrame::Message(m), len)) => self.on_message(m, len).await,
+            Ok((ClientFrame::UserBroadcast(b), len)) => self.on_user_broadcast(b, len).await,
             Ok((ClientFrame::BinaryPush(p), len)) => self.on_binary_push(p, len),
             Err(e) => {
                 // Upstream logs and drops malformed frames; the socket stays open.
@@ -162,7 +162,7 @@ impl Connection {
         true
     }
 
-    fn on_message(&mut self, m: Message, frame_len: usize) {
+    async fn on_message(&mut self, m: Message, frame_len: usize) {
         if m.topic == PHOENIX_TOPIC {
             if m.event == event::HEARTBEAT {
                 self.reply(&m, Status::Ok, json!({}));
@@ -172,7 +172,7 @@ impl Connection {
             return;
         }
         if m.event == event::PHX_JOIN {
-            self.join(m);
+            self.join(m).await;
             return;
         }
         let Some(channel) = self.channels.get(&m.topic) else {
@@ -192,9 +192,9 @@ impl Connection {
         }
         match m.event.as_str() {
             event::PHX_LEAVE => self.leave(&m),
-            event::ACCESS_TOKEN => self.access_token(&m),
-            event::BROADCAST => self.broadcast(&m, frame_len),
-            event::PRESENCE => self.presence(&m, frame_len),
+            event::ACCESS_TOKEN => self.access_token(&m).await,
+            event::BROADCAST => self.broadcast(&m, frame_len).await,
+            event::PRESENCE => self.presence(&m, frame_len).await,
             other => {
                 // Upstream logs unknown events and counts them against the events limit.
                 tracing::info!(conn = self.id, topic = %m.topic, event = other, "unknown event ignored");
@@ -203,7 +203,7 @@ impl Connection {
         }
     }
 
-    fn on_control(&mut self, c: Control) {
+    async fn on_control(&mut self, c: Control) {
         match c {
             Control::CloseChannel { sub, message } => {
                 if let Some(topic) = self.topic_of(sub) {

@@ -4,7 +4,10 @@ use serde_json::{json, Map, Value};
 use supabase_realtime_protocol::binary::BinaryPush;
 use supabase_realtime_protocol::{event, Message, Status, UserBroadcast, UserPayload};
 
+use super::join::may_use_private_channel;
 use super::Connection;
+use crate::auth::Claims;
+use crate::database::authorization::{Extension, ReadAccess};
 use crate::fanout::Body;
 
 /// The broadcast ack error; upstream sends it as a bare JSON string.
@@ -17,7 +20,12 @@ impl Connection {
         oversized(self.state.config.max_payload_bytes(), frame_len, payload)
     }
 
-    pub(super) fn broadcast(&mut self, m: &Message, frame_len: usize) {
+    pub(super) async fn broadcast(&mut self, m: &Message, frame_len: usize) {
+        // Without write permission a private channel's broadcasts are dropped with no reply,
+        // even with ack, as upstream does.
+        if !self.may_write(&m.topic, Extension::Broadcast).await {
+            return;
+        }
         let Some(channel) = self.channels.get(&m.topic) else {
             return;
         };
@@ -47,7 +55,12 @@ impl Connection {
     }
 
     /// A kind-3 binary push: a broadcast with the user's event and payload.
-    pub(super) fn on_user_broadcast(&mut self, b: UserBroadcast, frame_len: usize) {
+    pub(super) async fn on_user_broadcast(&mut self, b: UserBroadcast, frame_len: usize) {
+        if self.channels.contains_key(&b.topic)
+            && !self.may_write(&b.topic, Extension::Broadcast).await
+        {
+            return;
+        }
         let Some(channel) = self.channels.get(&b.topic) else {
             self.unmatched_topic(&Message::new(
                 b.join_ref,
@@ -128,7 +141,7 @@ impl Connection {
         );
     }
 
-    pub(super) fn presence(&mut self, m: &Message, frame_len: usize) {
+    pub(super) async fn presence(&mut self, m: &Message, frame_len: usize) {
         let event = m
             .payload
             .get("event")
@@ -151,6 +164,10 @@ impl Connection {
         }
         if self.state.presence_events.add_and_check(1) {
             self.close_channel(&m.topic, "Too many presence messages per second");
+            return;
+        }
+        if !self.may_write(&m.topic, Extension::Presence).await {
+            self.reply(m, Status::Error, json!({}));
             return;
         }
         let Some(channel) = self.channels.get_mut(&m.topic) else {
@@ -189,8 +206,9 @@ impl Connection {
         }
     }
 
-    /// Swap the channel's token. Never answered, as upstream.
-    pub(super) fn access_token(&mut self, m: &Message) {
+    /// Swap the channel's token. Never answered, as upstream. A private channel is authorized
+    /// again with the new claims; one that may no longer read is closed.
+    pub(super) async fn access_token(&mut self, m: &Message) {
         let Some(token) = m.payload.get("access_token").and_then(Value::as_str) else {
             return;
         };
@@ -200,11 +218,18 @@ impl Connection {
         if token.starts_with("sb_") || token == channel.token {
             return;
         }
-        match self.state.jwt.verify(token) {
-            Err(e) => self.close_channel(&m.topic, &e.to_string()),
-            Ok(claims) => {
-                if channel.config.private && !super::join::may_use_private_channel(&claims) {
-                    let name = channel.name().to_owned();
+        let claims = match self.state.jwt.verify(token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                self.close_channel(&m.topic, &e.to_string());
+                return;
+            }
+        };
+        let (private, name) = (channel.config.private, channel.name().to_owned());
+        let access = if private {
+            match self.reauthorize(&name, &claims).await {
+                Some(access) => Some(access),
+                None => {
                     self.close_channel(
                         &m.topic,
                         &format!(
@@ -213,18 +238,85 @@ impl Connection {
                     );
                     return;
                 }
-                let Some(channel) = self.channels.get_mut(&m.topic) else {
-                    return;
-                };
-                if let Some(pg) = &channel.postgres {
-                    pg.update_claims(Value::Object(claims.raw.clone()));
+            }
+        } else {
+            None
+        };
+        let Some(channel) = self.channels.get_mut(&m.topic) else {
+            return;
+        };
+        if let Some(pg) = &channel.postgres {
+            pg.update_claims(Value::Object(claims.raw.clone()));
+        }
+        if let Some(access) = access {
+            channel.access = access;
+            channel.may_broadcast = None;
+            channel.may_track = None;
+            channel
+                .topic
+                .set_access(channel.sub, access.broadcast, access.presence);
+        }
+        channel.token = token.to_owned();
+        channel.claims = claims;
+        channel.token_generation += 1;
+        self.arm_token_check(&m.topic);
+    }
+
+    /// Read access with new claims; `None` when nothing may be read any more.
+    async fn reauthorize(&self, name: &str, claims: &Claims) -> Option<ReadAccess> {
+        match &self.state.database {
+            None => may_use_private_channel(claims).then_some(ReadAccess {
+                broadcast: true,
+                presence: true,
+            }),
+            Some(db) => match db.read_access(name, claims, true).await {
+                Ok(a) if a.broadcast || a.presence => Some(a),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = name, "re-authorization failed");
+                    None
                 }
-                channel.token = token.to_owned();
-                channel.claims = claims;
-                channel.token_generation += 1;
-                self.arm_token_check(&m.topic);
+            },
+        }
+    }
+
+    /// Whether this channel may write `extension` messages: always on public channels; on
+    /// private ones by RLS, checked once and kept until the token changes.
+    async fn may_write(&mut self, topic: &str, extension: Extension) -> bool {
+        let Some(channel) = self.channels.get(topic) else {
+            return false;
+        };
+        if !channel.config.private {
+            return true;
+        }
+        let cached = match extension {
+            Extension::Broadcast => channel.may_broadcast,
+            Extension::Presence => channel.may_track,
+        };
+        if let Some(allowed) = cached {
+            return allowed;
+        }
+        let allowed = match self.state.database.clone() {
+            None => may_use_private_channel(&channel.claims),
+            Some(db) => {
+                let (name, claims) = (channel.name().to_owned(), channel.claims.clone());
+                match db.can_write(&name, &claims, extension).await {
+                    Ok(allowed) => allowed,
+                    Err(e) => {
+                        // Not cached: the next push asks the database again.
+                        tracing::warn!(error = %e, topic = name, "write authorization failed");
+                        return false;
+                    }
+                }
+            }
+        };
+        if let Some(channel) = self.channels.get_mut(topic) {
+            match extension {
+                Extension::Broadcast => channel.may_broadcast = Some(allowed),
+                Extension::Presence => channel.may_track = Some(allowed),
             }
         }
+        allowed
     }
 }
 

@@ -25,7 +25,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 &format!("{prefix}/api/broadcast/{{topic}}/events/{{event}}"),
                 post(rest::broadcast_single),
             )
-            .route(&format!("{prefix}/api/ping"), get(ping));
+            .route(&format!("{prefix}/api/ping"), get(ping))
+            .route(&format!("{prefix}/api/health"), get(health));
     }
     router
         .route("/socket/websocket", get(websocket::upgrade))
@@ -41,4 +42,22 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 
 async fn ping() -> Json<serde_json::Value> {
     Json(json!({"message": "Success"}))
+}
+
+/// What is up: connections, the database (migrated, streaming broadcasts) and the change feed.
+async fn health(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering;
+    let database = state.database.as_ref().map(|db| {
+        json!({
+            "ready": db.is_ready(),
+            "broadcast_streaming": db.streaming.load(Ordering::SeqCst),
+        })
+    });
+    Json(json!({
+        "connections": state.connections.load(Ordering::SeqCst),
+        "database": database,
+        "postgres_changes": state.database.as_ref().map(|_| state.feed.status()),
+    }))
 }

@@ -14,6 +14,7 @@ use supabase_realtime_protocol::{event, Message, UserBroadcast, UserPayload, TOP
 
 use crate::auth::Claims;
 use crate::connection::may_use_private_channel;
+use crate::database::authorization::Extension;
 use crate::fanout::Body;
 use crate::registry::TopicKey;
 use crate::state::AppState;
@@ -39,6 +40,21 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<Claims> {
         .verify(token)
         .map_err(|e| tracing::info!(error = %e, "REST broadcast refused"))
         .ok()
+}
+
+/// The caller's write permission on a private topic: RLS with a database, else only roles
+/// that bypass RLS.
+async fn may_write(state: &AppState, topic: &str, claims: &Claims) -> bool {
+    match &state.database {
+        None => may_use_private_channel(claims),
+        Some(db) => db
+            .can_write(topic, claims, Extension::Broadcast)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, topic, "REST write authorization failed");
+                false
+            }),
+    }
 }
 
 fn rate_limited(state: &AppState) -> Option<Response> {
@@ -121,7 +137,7 @@ pub(super) async fn broadcast_batch(
     }
     for (topic, event_name, payload, private, id) in valid {
         // Private messages need write permission; without it they are skipped, still 202.
-        if private && !may_use_private_channel(&claims) {
+        if private && !may_write(&state, &topic, &claims).await {
             continue;
         }
         let key = TopicKey {
@@ -205,7 +221,7 @@ pub(super) async fn broadcast_single(
     let private = query
         .get("private")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if private && !may_use_private_channel(&claims) {
+    if private && !may_write(&state, &topic, &claims).await {
         return message(StatusCode::FORBIDDEN, "Unauthorized");
     }
     if let Some(r) = rate_limited(&state) {

@@ -39,7 +39,10 @@ impl TableInfo {
 }
 
 /// Tables of the publication, as (schema, table).
-pub(crate) async fn publication_tables(client: &Client, publication: &str) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+pub(crate) async fn publication_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let rows = client
         .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
         .await?;
@@ -48,7 +51,11 @@ pub(crate) async fn publication_tables(client: &Client, publication: &str) -> Re
 
 /// Resolve the JSON kind of a type, asking the catalog for user types (enums, domains,
 /// arrays of them, composites).
-pub(crate) async fn resolve_kind(client: &Client, oid: u32, cache: &mut HashMap<u32, Kind>) -> Result<Kind, tokio_postgres::Error> {
+pub(crate) async fn resolve_kind(
+    client: &Client,
+    oid: u32,
+    cache: &mut HashMap<u32, Kind>,
+) -> Result<Kind, tokio_postgres::Error> {
     if let Some(k) = builtin_kind(oid) {
         return Ok(k);
     }
@@ -138,11 +145,21 @@ pub(crate) async fn load_table(
             is_pk: r.get(4),
         });
     }
-    Ok(Some(Arc::new(TableInfo { oid, schema: schema.to_string(), table: table.to_string(), columns, rls_enabled })))
+    Ok(Some(Arc::new(TableInfo {
+        oid,
+        schema: schema.to_string(),
+        table: table.to_string(),
+        columns,
+        rls_enabled,
+    })))
 }
 
 /// The columns of `table` that `role` may SELECT.
-pub(crate) async fn visible_columns(client: &Client, role: &str, table_oid: u32) -> Result<HashSet<String>, tokio_postgres::Error> {
+pub(crate) async fn visible_columns(
+    client: &Client,
+    role: &str,
+    table_oid: u32,
+) -> Result<HashSet<String>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT attname::text FROM pg_attribute
@@ -155,6 +172,12 @@ pub(crate) async fn visible_columns(client: &Client, role: &str, table_oid: u32)
 }
 
 /// Does the role exist?
-pub(crate) async fn role_exists(client: &Client, role: &str) -> Result<bool, tokio_postgres::Error> {
-    Ok(client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]).await?.is_some())
+pub(crate) async fn role_exists(
+    client: &Client,
+    role: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await?
+        .is_some())
 }

@@ -43,14 +43,18 @@ fn compare(kind: &Kind, a: &str, b: &str) -> Option<Ordering> {
 
 fn equal(kind: &Kind, a: &str, b: &str) -> bool {
     match kind {
-        Kind::Int | Kind::Float | Kind::Numeric | Kind::Bool => compare(kind, a, b) == Some(Ordering::Equal),
+        Kind::Int | Kind::Float | Kind::Numeric | Kind::Bool => {
+            compare(kind, a, b) == Some(Ordering::Equal)
+        }
         _ => a == b,
     }
 }
 
 /// Does the row pass this condition?
 pub(crate) fn check(cond: &CompiledCond, row: &dyn Row) -> bool {
-    let Some(value) = row.get(&cond.column) else { return false };
+    let Some(value) = row.get(&cond.column) else {
+        return false;
+    };
     let one = |f: &dyn Fn(&str, &str) -> bool| -> bool {
         match (value, &cond.value) {
             (Some(v), FilterValue::One(rhs)) => f(v, rhs) != cond.negate,
@@ -64,11 +68,19 @@ pub(crate) fn check(cond: &CompiledCond, row: &dyn Row) -> bool {
         Op::Lt => one(&|a, b| compare(k, a, b) == Some(Ordering::Less)),
         Op::Lte => one(&|a, b| matches!(compare(k, a, b), Some(Ordering::Less | Ordering::Equal))),
         Op::Gt => one(&|a, b| compare(k, a, b) == Some(Ordering::Greater)),
-        Op::Gte => one(&|a, b| matches!(compare(k, a, b), Some(Ordering::Greater | Ordering::Equal))),
+        Op::Gte => {
+            one(&|a, b| matches!(compare(k, a, b), Some(Ordering::Greater | Ordering::Equal)))
+        }
         Op::Like => one(&|a, b| like(a, b, false)),
         Op::Ilike => one(&|a, b| like(a, b, true)),
+        Op::Match | Op::Imatch => match (&cond.regex, value) {
+            (Some(re), Some(v)) => re.is_match(v) != cond.negate,
+            _ => false,
+        },
         Op::In => match (value, &cond.value) {
-            (Some(v), FilterValue::List(items)) => items.iter().any(|i| equal(k, v, i)) != cond.negate,
+            (Some(v), FilterValue::List(items)) => {
+                items.iter().any(|i| equal(k, v, i)) != cond.negate
+            }
             _ => false,
         },
         Op::Is => {
@@ -110,7 +122,14 @@ mod tests {
     }
 
     fn cond(column: &str, op: Op, negate: bool, kind: Kind, value: FilterValue) -> CompiledCond {
-        CompiledCond { column: column.into(), op, negate, kind, value }
+        CompiledCond {
+            column: column.into(),
+            op,
+            negate,
+            kind,
+            value,
+            regex: None,
+        }
     }
     fn v(s: &str) -> FilterValue {
         FilterValue::One(s.into())
@@ -118,7 +137,12 @@ mod tests {
 
     #[test]
     fn operators() {
-        let row = M(HashMap::from([("id", Some("10")), ("name", Some("Bob")), ("gone", None), ("ok", Some("t"))]));
+        let row = M(HashMap::from([
+            ("id", Some("10")),
+            ("name", Some("Bob")),
+            ("gone", None),
+            ("ok", Some("t")),
+        ]));
         let t = |c: CompiledCond| check(&c, &row);
         assert!(t(cond("id", Op::Eq, false, Kind::Int, v("10"))));
         assert!(!t(cond("id", Op::Eq, true, Kind::Int, v("10"))));
@@ -128,18 +152,48 @@ mod tests {
         assert!(t(cond("id", Op::Gte, false, Kind::Int, v("10"))));
         assert!(t(cond("id", Op::Lt, false, Kind::Int, v("100")))); // numeric, not text, order
         assert!(t(cond("id", Op::Lte, false, Kind::Float, v("10.0"))));
-        assert!(t(cond("id", Op::In, false, Kind::Int, FilterValue::List(vec!["1".into(), "10".into()]))));
-        assert!(t(cond("id", Op::In, true, Kind::Int, FilterValue::List(vec!["1".into()]))));
+        assert!(t(cond(
+            "id",
+            Op::In,
+            false,
+            Kind::Int,
+            FilterValue::List(vec!["1".into(), "10".into()])
+        )));
+        assert!(t(cond(
+            "id",
+            Op::In,
+            true,
+            Kind::Int,
+            FilterValue::List(vec!["1".into()])
+        )));
         assert!(t(cond("name", Op::Like, false, Kind::Text, v("B%"))));
         assert!(t(cond("name", Op::Ilike, false, Kind::Text, v("b%"))));
         assert!(!t(cond("gone", Op::Eq, false, Kind::Text, v("x"))));
         assert!(!t(cond("gone", Op::Eq, true, Kind::Text, v("x"))));
-        assert!(t(cond("gone", Op::Is, false, Kind::Text, FilterValue::Null)));
+        assert!(t(cond(
+            "gone",
+            Op::Is,
+            false,
+            Kind::Text,
+            FilterValue::Null
+        )));
         assert!(t(cond("name", Op::Is, true, Kind::Text, FilterValue::Null)));
-        assert!(t(cond("ok", Op::Is, false, Kind::Bool, FilterValue::Bool(true))));
+        assert!(t(cond(
+            "ok",
+            Op::Is,
+            false,
+            Kind::Bool,
+            FilterValue::Bool(true)
+        )));
         assert!(t(cond("ok", Op::Eq, false, Kind::Bool, v("true"))));
         assert!(t(cond("gone", Op::IsDistinct, false, Kind::Text, v("x"))));
-        assert!(!t(cond("name", Op::IsDistinct, false, Kind::Text, v("Bob"))));
+        assert!(!t(cond(
+            "name",
+            Op::IsDistinct,
+            false,
+            Kind::Text,
+            v("Bob")
+        )));
         assert!(!t(cond("missing", Op::Eq, false, Kind::Text, v("x"))));
     }
 }

@@ -15,10 +15,26 @@
 //! * Dropping the returned [`Subscription`] unsubscribes; `update_claims` follows an
 //!   `access_token` push.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+mod catalog;
+mod dispatch;
+mod eval;
+mod feed;
+mod filter;
+pub(crate) mod pgoutput;
+mod registry;
+pub(crate) mod replication;
+mod rls;
+mod setup;
+mod subscribe;
+mod types;
+
+use registry::{Claims, SubEntry, SubState};
 
 /// Settings of the change feed.
 #[derive(Debug, Clone)]
@@ -31,6 +47,27 @@ pub struct PostgresConfig {
     pub slot_name: String,
     /// Above this size a change is delivered with `errors: ["Error 413: Payload Too Large"]`.
     pub max_record_bytes: usize,
+    /// After a process start with an existing slot, streaming starts this long after the
+    /// start, so channels that rejoin in time also get what was committed while the server
+    /// was down (env `REALTIME_PG_RESUME_GRACE_MS`, default 3000).
+    pub resume_grace_ms: u64,
+}
+
+impl PostgresConfig {
+    /// Upstream defaults: publication `supabase_realtime`, slot
+    /// `supabase_realtime_replication_slot`, 1 MiB records.
+    pub fn new(database_url: impl Into<String>) -> PostgresConfig {
+        PostgresConfig {
+            database_url: database_url.into(),
+            publication: "supabase_realtime".into(),
+            slot_name: "supabase_realtime_replication_slot".into(),
+            max_record_bytes: 1024 * 1024,
+            resume_grace_ms: std::env::var("REALTIME_PG_RESUME_GRACE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3000),
+        }
+    }
 }
 
 /// One `postgres_changes` item of a join, with the id the join reply gave it.
@@ -75,32 +112,126 @@ pub struct SubscribeRequest {
 
 /// The change feed shared by all connections.
 pub struct ChangeFeed {
-    _private: (),
+    shared: Option<Arc<feed::Shared>>,
 }
 
 /// A live subscription; dropping it unsubscribes.
 pub struct Subscription {
-    _private: (),
+    shared: Option<Arc<feed::Shared>>,
+    id: u64,
 }
+
+/// The text a channel gets when the server has no database: the real server's text for a
+/// project database it cannot connect to (it has no "postgres_changes disabled" mode).
+pub const NO_DATABASE_MESSAGE: &str = feed::DB_UNAVAILABLE;
 
 impl ChangeFeed {
     /// Start streaming from the database in the background.
-    pub fn start(_config: PostgresConfig, _shutdown: CancellationToken) -> Arc<ChangeFeed> {
-        todo!("postgres helper")
+    pub fn start(config: PostgresConfig, shutdown: CancellationToken) -> Arc<ChangeFeed> {
+        let shared = feed::Shared::new(config);
+        tokio::spawn(feed::run(shared.clone(), shutdown));
+        Arc::new(ChangeFeed {
+            shared: Some(shared),
+        })
     }
 
     /// The feed when no database is configured.
     pub fn disabled() -> Arc<ChangeFeed> {
-        Arc::new(ChangeFeed { _private: () })
+        Arc::new(ChangeFeed { shared: None })
     }
 
     /// Subscribe a channel. Returns at once; the outcome arrives through the sink.
-    pub fn subscribe(&self, _request: SubscribeRequest) -> Subscription {
-        Subscription { _private: () }
+    ///
+    /// Call it after the join reply was queued: a refusal may reach the sink immediately.
+    pub fn subscribe(&self, request: SubscribeRequest) -> Subscription {
+        let Some(shared) = &self.shared else {
+            (request.sink)(FeedEvent::Error(NO_DATABASE_MESSAGE.to_string()));
+            return Subscription {
+                shared: None,
+                id: 0,
+            };
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(SubEntry {
+            id,
+            topic: request.topic,
+            bindings: request.bindings,
+            sink: request.sink,
+            claims: parking_lot::Mutex::new(Arc::new(Claims::from_value(&request.claims))),
+            state: parking_lot::Mutex::new(SubState::Pending),
+            generation: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+        });
+        shared.registry.write().insert(entry.clone());
+        let phase = shared.phase.lock().clone();
+        match phase {
+            feed::Phase::Up(client) => {
+                tokio::spawn(feed::activate(shared.clone(), entry, client));
+            }
+            feed::Phase::Down => entry.send(FeedEvent::Error(NO_DATABASE_MESSAGE.to_string())),
+            feed::Phase::Starting => {}
+        }
+        Subscription {
+            shared: Some(shared.clone()),
+            id,
+        }
     }
+
+    /// A JSON summary for health endpoints and logs: state (`starting`, `connected`,
+    /// `streaming`, `down`, or `enabled: false`), confirmed LSN, last error, counters.
+    pub fn status(&self) -> Value {
+        match &self.shared {
+            Some(s) => s.status(),
+            None => serde_json::json!({"enabled": false}),
+        }
+    }
+
+    /// Drop the replication slot and the publication (run while no feed uses them).
+    pub async fn cleanup(config: &PostgresConfig) -> Result<(), String> {
+        feed::cleanup(config).await
+    }
+}
+
+/// Parse a postgres_changes `filter` string without a database: `Err` carries the system
+/// message a client would get. For fuzz targets and tooling.
+#[doc(hidden)]
+pub fn check_filter(filter: &str) -> Result<usize, String> {
+    filter::parse(filter).map(|conds| conds.len())
 }
 
 impl Subscription {
     /// The channel swapped its token: use these claims from now on.
-    pub fn update_claims(&self, _claims: Value) {}
+    pub fn update_claims(&self, claims: Value) {
+        let Some(shared) = &self.shared else { return };
+        let Some(entry) = shared.registry.read().get(self.id) else {
+            return;
+        };
+        let new = Arc::new(Claims::from_value(&claims));
+        {
+            let mut c = entry.claims.lock();
+            if **c == *new {
+                return;
+            }
+            *c = new;
+        }
+        entry.generation.fetch_add(1, Ordering::AcqRel);
+        if matches!(*entry.state.lock(), SubState::Failed) {
+            shared
+                .registry
+                .write()
+                .set_state(self.id, SubState::Pending);
+        }
+        let phase = shared.phase.lock().clone();
+        if let feed::Phase::Up(client) = phase {
+            tokio::spawn(feed::activate(shared.clone(), entry, client));
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.registry.write().remove(self.id);
+        }
+    }
 }

@@ -41,12 +41,28 @@ pub(crate) enum Datum {
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Message {
-    Begin { final_lsn: u64, commit_ts: i64 },
-    Commit { end_lsn: u64, commit_ts: i64 },
+    Begin {
+        final_lsn: u64,
+        commit_ts: i64,
+    },
+    Commit {
+        end_lsn: u64,
+        commit_ts: i64,
+    },
     Relation(Relation),
-    Insert { rel: u32, new: Vec<Datum> },
-    Update { rel: u32, old: Option<Vec<Datum>>, new: Vec<Datum> },
-    Delete { rel: u32, old: Vec<Datum> },
+    Insert {
+        rel: u32,
+        new: Vec<Datum>,
+    },
+    Update {
+        rel: u32,
+        old: Option<Vec<Datum>>,
+        new: Vec<Datum>,
+    },
+    Delete {
+        rel: u32,
+        old: Vec<Datum>,
+    },
     /// Origin, Type, Truncate, logical messages: not used.
     Other,
 }
@@ -64,7 +80,10 @@ fn need(b: &Bytes, n: usize) -> Result<(), DecodeError> {
 }
 
 fn cstr(b: &mut Bytes) -> Result<String, DecodeError> {
-    let end = b.iter().position(|c| *c == 0).ok_or(DecodeError("unterminated string"))?;
+    let end = b
+        .iter()
+        .position(|c| *c == 0)
+        .ok_or(DecodeError("unterminated string"))?;
     let s = String::from_utf8_lossy(&b[..end]).into_owned();
     b.advance(end + 1);
     Ok(s)
@@ -107,7 +126,10 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Message, DecodeError> {
             need(&b, 20)?;
             let final_lsn = b.get_u64();
             let commit_ts = b.get_i64();
-            Message::Begin { final_lsn, commit_ts }
+            Message::Begin {
+                final_lsn,
+                commit_ts,
+            }
         }
         b'C' => {
             need(&b, 25)?;
@@ -133,10 +155,24 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Message, DecodeError> {
                 need(&b, 8)?;
                 let type_oid = b.get_u32();
                 let _typmod = b.get_i32();
-                columns.push(RelColumn { is_key: flags & 1 == 1, name, type_oid });
+                columns.push(RelColumn {
+                    is_key: flags & 1 == 1,
+                    name,
+                    type_oid,
+                });
             }
-            let schema = if schema.is_empty() { "pg_catalog".to_string() } else { schema };
-            Message::Relation(Relation { id, schema, table, replica_identity, columns })
+            let schema = if schema.is_empty() {
+                "pg_catalog".to_string()
+            } else {
+                schema
+            };
+            Message::Relation(Relation {
+                id,
+                schema,
+                table,
+                replica_identity,
+                columns,
+            })
         }
         b'I' => {
             need(&b, 5)?;
@@ -144,7 +180,10 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Message, DecodeError> {
             if b.get_u8() != b'N' {
                 return Err(DecodeError("insert without new tuple"));
             }
-            Message::Insert { rel, new: tuple(&mut b)? }
+            Message::Insert {
+                rel,
+                new: tuple(&mut b)?,
+            }
         }
         b'U' => {
             need(&b, 5)?;
@@ -159,7 +198,11 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Message, DecodeError> {
             if kind != b'N' {
                 return Err(DecodeError("update without new tuple"));
             }
-            Message::Update { rel, old, new: tuple(&mut b)? }
+            Message::Update {
+                rel,
+                old,
+                new: tuple(&mut b)?,
+            }
         }
         b'D' => {
             need(&b, 5)?;
@@ -168,7 +211,10 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Message, DecodeError> {
             if kind != b'K' && kind != b'O' {
                 return Err(DecodeError("delete without old tuple"));
             }
-            Message::Delete { rel, old: tuple(&mut b)? }
+            Message::Delete {
+                rel,
+                old: tuple(&mut b)?,
+            }
         }
         _ => Message::Other,
     })
@@ -212,7 +258,14 @@ mod tests {
         let m = decode(b.freeze()).unwrap();
         let Message::Relation(r) = m else { panic!() };
         assert_eq!(r.schema, "public");
-        assert_eq!(r.columns[0], RelColumn { is_key: true, name: "id".into(), type_oid: 20 });
+        assert_eq!(
+            r.columns[0],
+            RelColumn {
+                is_key: true,
+                name: "id".into(),
+                type_oid: 20
+            }
+        );
 
         let mut b = BytesMut::new();
         b.put_u8(b'U');

@@ -43,7 +43,13 @@ impl ConnParams {
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let user = cfg.get_user().unwrap_or("postgres").to_string();
         let dbname = cfg.get_dbname().unwrap_or(&user).to_string();
-        Ok(ConnParams { host, port, user, password: cfg.get_password().map(<[u8]>::to_vec), dbname })
+        Ok(ConnParams {
+            host,
+            port,
+            user,
+            password: cfg.get_password().map(<[u8]>::to_vec),
+            dbname,
+        })
     }
 }
 
@@ -70,8 +76,8 @@ struct RawMessage {
 /// A frame received while streaming.
 #[derive(Debug)]
 pub(crate) enum ReplMessage {
-    /// `XLogData`: one pgoutput message starting at `wal_start`.
-    XLogData { wal_start: u64, data: Bytes },
+    /// `XLogData`: one pgoutput message.
+    XLogData { data: Bytes },
     /// Primary keepalive: the server's WAL end; `reply` asks for a status update now.
     Keepalive { wal_end: u64, reply: bool },
 }
@@ -91,7 +97,10 @@ fn server_error(body: &[u8]) -> ReplError {
     while i < body.len() && body[i] != 0 {
         let kind = body[i];
         i += 1;
-        let end = body[i..].iter().position(|b| *b == 0).map_or(body.len(), |p| i + p);
+        let end = body[i..]
+            .iter()
+            .position(|b| *b == 0)
+            .map_or(body.len(), |p| i + p);
         let text = String::from_utf8_lossy(&body[i..end]).into_owned();
         match kind {
             b'C' => code = text,
@@ -108,7 +117,9 @@ impl ReplicationConnection {
     pub(crate) async fn connect(params: &ConnParams, timeout: Duration) -> Result<Self, ReplError> {
         tokio::time::timeout(timeout, Self::connect_inner(params))
             .await
-            .map_err(|_| ReplError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(|_| {
+                ReplError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            })?
     }
 
     async fn connect_inner(params: &ConnParams) -> Result<Self, ReplError> {
@@ -124,7 +135,11 @@ impl ReplicationConnection {
                 Box::new(tokio::net::UnixStream::connect(path).await?)
             }
         };
-        let mut conn = ReplicationConnection { stream, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new() };
+        let mut conn = ReplicationConnection {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::new(),
+        };
         let startup = [
             ("user", params.user.as_str()),
             ("database", params.dbname.as_str()),
@@ -149,7 +164,11 @@ impl ReplicationConnection {
                     let mut body = msg.body.clone();
                     let code = body.get_i32();
                     let password = || {
-                        params.password.clone().ok_or_else(|| ReplError::Protocol("the server asks for a password and the URL has none".into()))
+                        params.password.clone().ok_or_else(|| {
+                            ReplError::Protocol(
+                                "the server asks for a password and the URL has none".into(),
+                            )
+                        })
                     };
                     match code {
                         0 => {}
@@ -167,24 +186,41 @@ impl ReplicationConnection {
                         10 => {
                             let mechs: Vec<&[u8]> = body.split(|b| *b == 0).collect();
                             if !mechs.iter().any(|m| *m == sasl::SCRAM_SHA_256.as_bytes()) {
-                                return Err(ReplError::Protocol("no supported SASL mechanism".into()));
+                                return Err(ReplError::Protocol(
+                                    "no supported SASL mechanism".into(),
+                                ));
                             }
-                            let s = sasl::ScramSha256::new(&password()?, sasl::ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut conn.wbuf)?;
+                            let s = sasl::ScramSha256::new(
+                                &password()?,
+                                sasl::ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response(
+                                sasl::SCRAM_SHA_256,
+                                s.message(),
+                                &mut conn.wbuf,
+                            )?;
                             conn.flush().await?;
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| ReplError::Protocol("unexpected SASL continue".into()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                ReplError::Protocol("unexpected SASL continue".into())
+                            })?;
                             s.update(&body)?;
                             frontend::sasl_response(s.message(), &mut conn.wbuf)?;
                             conn.flush().await?;
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| ReplError::Protocol("unexpected SASL final".into()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                ReplError::Protocol("unexpected SASL final".into())
+                            })?;
                             s.finish(&body)?;
                         }
-                        other => return Err(ReplError::Protocol(format!("unsupported authentication method {other}"))),
+                        other => {
+                            return Err(ReplError::Protocol(format!(
+                                "unsupported authentication method {other}"
+                            )))
+                        }
                     }
                 }
                 b'E' => return Err(server_error(&msg.body)),
@@ -203,7 +239,9 @@ impl ReplicationConnection {
     async fn read_message(&mut self) -> Result<RawMessage, ReplError> {
         loop {
             if self.rbuf.len() >= 5 {
-                let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+                let len =
+                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                        as usize;
                 if len < 4 {
                     return Err(ReplError::Protocol("bad message length".into()));
                 }
@@ -211,7 +249,10 @@ impl ReplicationConnection {
                     let mut frame = self.rbuf.split_to(len + 1);
                     let tag = frame[0];
                     frame.advance(5);
-                    return Ok(RawMessage { tag, body: frame.freeze() });
+                    return Ok(RawMessage {
+                        tag,
+                        body: frame.freeze(),
+                    });
                 }
                 self.rbuf.reserve(len + 1 - self.rbuf.len());
             }
@@ -220,13 +261,19 @@ impl ReplicationConnection {
             }
             let n = self.stream.read_buf(&mut self.rbuf).await?;
             if n == 0 {
-                return Err(ReplError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the replication connection")));
+                return Err(ReplError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the replication connection",
+                )));
             }
         }
     }
 
     /// Run one simple query; returns the text rows.
-    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ReplError> {
+    pub(crate) async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ReplError> {
         frontend::query(sql, &mut self.wbuf)?;
         self.flush().await?;
         let mut rows = Vec::new();
@@ -257,7 +304,12 @@ impl ReplicationConnection {
     }
 
     /// `START_REPLICATION SLOT <slot> LOGICAL <lsn>` with pgoutput options; waits for CopyBoth.
-    pub(crate) async fn start_logical(&mut self, slot: &str, lsn: u64, publication: &str) -> Result<(), ReplError> {
+    pub(crate) async fn start_logical(
+        &mut self,
+        slot: &str,
+        lsn: u64,
+        publication: &str,
+    ) -> Result<(), ReplError> {
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
             quote_ident(slot),
@@ -272,7 +324,12 @@ impl ReplicationConnection {
                 b'W' => return Ok(()),
                 b'E' => return Err(server_error(&msg.body)),
                 b'N' => {}
-                other => return Err(ReplError::Protocol(format!("unexpected message {:?} after START_REPLICATION", other as char))),
+                other => {
+                    return Err(ReplError::Protocol(format!(
+                        "unexpected message {:?} after START_REPLICATION",
+                        other as char
+                    )))
+                }
             }
         }
     }
@@ -292,10 +349,10 @@ impl ReplicationConnection {
                             if b.len() < 24 {
                                 return Err(ReplError::Protocol("short XLogData".into()));
                             }
-                            let wal_start = b.get_u64();
+                            let _wal_start = b.get_u64();
                             let _wal_end = b.get_u64();
                             let _ts = b.get_i64();
-                            return Ok(ReplMessage::XLogData { wal_start, data: b });
+                            return Ok(ReplMessage::XLogData { data: b });
                         }
                         b'k' => {
                             if b.len() < 17 {
@@ -311,7 +368,10 @@ impl ReplicationConnection {
                 }
                 b'E' => return Err(server_error(&msg.body)),
                 b'c' | b'C' | b'Z' => {
-                    return Err(ReplError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the server ended the replication stream")))
+                    return Err(ReplError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server ended the replication stream",
+                    )))
                 }
                 _ => continue,
             }
@@ -335,7 +395,9 @@ impl ReplicationConnection {
 
 /// Microseconds since 2000-01-01 UTC (the PostgreSQL epoch).
 fn pg_now_micros() -> i64 {
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
     unix - 946_684_800_000_000
 }
 
@@ -343,6 +405,7 @@ pub(crate) fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
+#[cfg(test)]
 pub(crate) fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)

@@ -40,6 +40,8 @@ pub(crate) struct CompiledCond {
     pub(crate) negate: bool,
     pub(crate) kind: Kind,
     pub(crate) value: FilterValue,
+    /// compiled pattern of `match` / `imatch`
+    pub(crate) regex: Option<Arc<regex_lite::Regex>>,
 }
 
 /// One binding resolved to one table.
@@ -59,11 +61,17 @@ pub(crate) fn inspect_value(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => format!("{s:?}"),
-        Value::Array(a) => format!("[{}]", a.iter().map(inspect_value).collect::<Vec<_>>().join(", ")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(inspect_value).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(m) => {
             let mut keys: Vec<_> = m.keys().collect();
             keys.sort();
-            let parts: Vec<String> = keys.iter().map(|k| format!("{:?} => {}", k, inspect_value(&m[k.as_str()]))).collect();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{:?} => {}", k, inspect_value(&m[k.as_str()])))
+                .collect();
             format!("%{{{}}}", parts.join(", "))
         }
     }
@@ -86,7 +94,13 @@ struct Params {
 fn describe(p: &Params) -> String {
     let select = match &p.select {
         None => "nil".to_string(),
-        Some(s) => format!("[{}]", s.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")),
+        Some(s) => format!(
+            "[{}]",
+            s.iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     format!(
         "[event: {}, schema: {}, table: {}, filters: {}, select: {}]",
@@ -136,7 +150,14 @@ fn parse_params(params: &Value) -> Result<Params, String> {
             )
         }
     };
-    Ok(Params { action, event, schema, table, conds, select })
+    Ok(Params {
+        action,
+        event,
+        schema,
+        table,
+        conds,
+        select,
+    })
 }
 
 /// Shared caches used while compiling.
@@ -158,15 +179,29 @@ fn db_err(e: tokio_postgres::Error) -> CompileError {
         Some(d) => format!("{}: {}", d.code().code(), d.message()),
         None => e.to_string(),
     };
-    CompileError { message, fatal: false }
+    CompileError {
+        message,
+        fatal: false,
+    }
 }
 
 /// Compile every binding of a join for the channel's role.
-pub(crate) async fn compile(ctx: &mut CompileCtx<'_>, role: &str, bindings: &[Binding]) -> Result<Vec<CompiledBinding>, CompileError> {
-    let fatal = |message: String| CompileError { message, fatal: true };
+pub(crate) async fn compile(
+    ctx: &mut CompileCtx<'_>,
+    role: &str,
+    bindings: &[Binding],
+) -> Result<Vec<CompiledBinding>, CompileError> {
+    let fatal = |message: String| CompileError {
+        message,
+        fatal: true,
+    };
     let mut out = Vec::new();
-    let pub_tables = catalog::publication_tables(ctx.client, ctx.publication).await.map_err(db_err)?;
-    let role_ok = catalog::role_exists(ctx.client, role).await.map_err(db_err)?;
+    let pub_tables = catalog::publication_tables(ctx.client, ctx.publication)
+        .await
+        .map_err(db_err)?;
+    let role_ok = catalog::role_exists(ctx.client, role)
+        .await
+        .map_err(db_err)?;
     for b in bindings {
         let p = parse_params(&b.params).map_err(fatal)?;
         let exception = |text: String| {
@@ -185,7 +220,9 @@ pub(crate) async fn compile(ctx: &mut CompileCtx<'_>, role: &str, bindings: &[Bi
         }
         let matches: Vec<&(String, String)> = pub_tables
             .iter()
-            .filter(|(s, t)| (p.schema == "*" || *s == p.schema) && (p.table == "*" || *t == p.table))
+            .filter(|(s, t)| {
+                (p.schema == "*" || *s == p.schema) && (p.table == "*" || *t == p.table)
+            })
             .collect();
         if matches.is_empty() {
             return Err(fatal(format!(
@@ -198,22 +235,33 @@ pub(crate) async fn compile(ctx: &mut CompileCtx<'_>, role: &str, bindings: &[Bi
             let info = match ctx.tables.get(&key) {
                 Some(t) => t.clone(),
                 None => {
-                    let Some(t) = catalog::load_table(ctx.client, schema, table, ctx.kinds).await.map_err(db_err)? else {
+                    let Some(t) = catalog::load_table(ctx.client, schema, table, ctx.kinds)
+                        .await
+                        .map_err(db_err)?
+                    else {
                         continue;
                     };
                     ctx.tables.insert(key, t.clone());
                     t
                 }
             };
-            let visible = catalog::visible_columns(ctx.client, role, info.oid).await.map_err(db_err)?;
+            let visible = catalog::visible_columns(ctx.client, role, info.oid)
+                .await
+                .map_err(db_err)?;
             let mut conds = Vec::with_capacity(p.conds.len());
             for c in &p.conds {
-                let Some(col) = info.column(&c.column).filter(|col| visible.contains(&col.name)) else {
+                let Some(col) = info
+                    .column(&c.column)
+                    .filter(|col| visible.contains(&col.name))
+                else {
                     return Err(exception(format!("invalid column for filter {}", c.column)));
                 };
                 let value = match (&c.op, &c.value) {
-                    (Op::Like | Op::Ilike, v) => {
-                        if !matches!(col.typname.as_str(), "text" | "varchar" | "bpchar" | "name" | "citext") {
+                    (Op::Like | Op::Ilike | Op::Match | Op::Imatch, v) => {
+                        if !matches!(
+                            col.typname.as_str(),
+                            "text" | "varchar" | "bpchar" | "name" | "citext"
+                        ) {
                             return Err(exception(format!(
                                 "operator {} is only allowed on text columns, {} is {}",
                                 c.op.as_str(),
@@ -223,20 +271,56 @@ pub(crate) async fn compile(ctx: &mut CompileCtx<'_>, role: &str, bindings: &[Bi
                         }
                         v.clone()
                     }
-                    (Op::Is, FilterValue::Bool(_) | FilterValue::Unknown) if col.kind != Kind::Bool => {
-                        return Err(exception(format!("invalid value for `is` filter on non-boolean column {}", col.name)));
+                    (Op::Is, FilterValue::Bool(_) | FilterValue::Unknown)
+                        if col.kind != Kind::Bool =>
+                    {
+                        return Err(exception(format!(
+                            "invalid value for `is` filter on non-boolean column {}",
+                            col.name
+                        )));
                     }
-                    (_, FilterValue::One(v)) => FilterValue::One(canonical(ctx.client, v, &col.sql_type).await.map_err(exception)?),
+                    (_, FilterValue::One(v)) => FilterValue::One(
+                        canonical(ctx.client, v, &col.sql_type)
+                            .await
+                            .map_err(exception)?,
+                    ),
                     (_, FilterValue::List(vs)) => {
                         let mut out = Vec::with_capacity(vs.len());
                         for v in vs {
-                            out.push(canonical(ctx.client, v, &col.sql_type).await.map_err(exception)?);
+                            out.push(
+                                canonical(ctx.client, v, &col.sql_type)
+                                    .await
+                                    .map_err(exception)?,
+                            );
                         }
                         FilterValue::List(out)
                     }
                     (_, v) => v.clone(),
                 };
-                conds.push(CompiledCond { column: col.name.clone(), op: c.op, negate: c.negate, kind: col.kind.clone(), value });
+                let regex = match (&c.op, &value) {
+                    (Op::Match | Op::Imatch, FilterValue::One(p)) => {
+                        let pattern = if c.op == Op::Imatch {
+                            format!("(?i){p}")
+                        } else {
+                            p.clone()
+                        };
+                        match regex_lite::Regex::new(&pattern) {
+                            Ok(r) => Some(Arc::new(r)),
+                            Err(e) => {
+                                return Err(exception(format!("invalid regular expression: {e}")))
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                conds.push(CompiledCond {
+                    column: col.name.clone(),
+                    op: c.op,
+                    negate: c.negate,
+                    kind: col.kind.clone(),
+                    value,
+                    regex,
+                });
             }
             if let Some(sel) = &p.select {
                 for s in sel {
@@ -245,7 +329,13 @@ pub(crate) async fn compile(ctx: &mut CompileCtx<'_>, role: &str, bindings: &[Bi
                     }
                 }
             }
-            out.push(CompiledBinding { id: b.id, action: p.action, table: info, conds, select: p.select.clone() });
+            out.push(CompiledBinding {
+                id: b.id,
+                action: p.action,
+                table: info,
+                conds,
+                select: p.select.clone(),
+            });
         }
     }
     Ok(out)
@@ -256,7 +346,9 @@ async fn canonical(client: &Client, value: &str, sql_type: &str) -> Result<Strin
     let sql = format!("SELECT (($1::text)::{sql_type})::text");
     match client.query_one(&sql, &[&value]).await {
         Ok(row) => Ok(row.get::<_, Option<String>>(0).unwrap_or_default()),
-        Err(e) => Err(e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())),
+        Err(e) => Err(e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_string())),
     }
 }
 
@@ -267,10 +359,14 @@ mod tests {
 
     #[test]
     fn params() {
-        let p = parse_params(&json!({"event":"insert","schema":"public"})).ok().unwrap();
+        let p = parse_params(&json!({"event":"insert","schema":"public"}))
+            .ok()
+            .unwrap();
         assert_eq!(p.action, Some(Action::Insert));
         assert_eq!(p.table, "*");
-        let p = parse_params(&json!({"event":"bogus","table":"todos"})).ok().unwrap();
+        let p = parse_params(&json!({"event":"bogus","table":"todos"}))
+            .ok()
+            .unwrap();
         assert_eq!((p.action, p.schema.as_str()), (None, "public"));
         let e = parse_params(&json!({"event":"*"})).err().unwrap();
         assert_eq!(
@@ -278,7 +374,9 @@ mod tests {
             "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: %{\"event\" => \"*\"}"
         );
         assert!(parse_params(&json!({"table":"t","select":"id"})).is_err());
-        let p = parse_params(&json!({"schema":"public","table":"todos","filter":"id=eq.1"})).ok().unwrap();
+        let p = parse_params(&json!({"schema":"public","table":"todos","filter":"id=eq.1"}))
+            .ok()
+            .unwrap();
         assert_eq!(
             describe(&p),
             "[event: *, schema: public, table: todos, filters: [{\"id\", \"eq\", \"1\"}], select: nil]"

@@ -45,14 +45,13 @@ pub(crate) fn builtin_kind(oid: u32) -> Option<Kind> {
         1185 => arr(Kind::TimestampTz),
         // text-like arrays: text, varchar, bpchar, name, uuid, date, time, timetz, bytea,
         // interval, inet, cidr, macaddr, char, money, xml, bit, varbit, tsvector...
-        1009 | 1015 | 1014 | 1003 | 2951 | 1182 | 1183 | 1270 | 1001 | 1187 | 1041 | 651 | 1040 | 1002
-        | 791 | 143 | 1561 | 1563 | 3643 => arr(Kind::Text),
+        1009 | 1015 | 1014 | 1003 | 2951 | 1182 | 1183 | 1270 | 1001 | 1187 | 1041 | 651 | 1040
+        | 1002 | 791 | 143 | 1561 | 1563 | 3643 => arr(Kind::Text),
         1020 => Some(Kind::Array(Box::new(Kind::Text), b';')), // box[]
         // ordinary scalar types whose JSON is their text
-        25 | 1043 | 1042 | 19 | 2950 | 1082 | 1083 | 1266 | 17 | 1186 | 869 | 650 | 829 | 18 | 790 | 142
-        | 1560 | 1562 | 3614 | 3615 | 600 | 601 | 602 | 603 | 604 | 628 | 718 | 3220 | 2249 | 705 => {
-            Some(Kind::Text)
-        }
+        25 | 1043 | 1042 | 19 | 2950 | 1082 | 1083 | 1266 | 17 | 1186 | 869 | 650 | 829 | 18
+        | 790 | 142 | 1560 | 1562 | 3614 | 3615 | 600 | 601 | 602 | 603 | 604 | 628 | 718
+        | 3220 | 2249 | 705 => Some(Kind::Text),
         _ => None,
     }
 }
@@ -71,7 +70,9 @@ pub(crate) fn to_json(kind: &Kind, text: &str) -> Value {
             .or_else(|_| text.parse::<u64>().map(Value::from))
             .unwrap_or_else(|_| Value::String(text.to_string())),
         Kind::Float | Kind::Numeric => number(text),
-        Kind::Json => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())),
+        Kind::Json => {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+        }
         Kind::Timestamp => Value::String(timestamp(text, false)),
         Kind::TimestampTz => Value::String(timestamp(text, true)),
         Kind::Text => Value::String(text.to_string()),
@@ -87,7 +88,9 @@ fn number(text: &str) -> Value {
         return Value::from(i);
     }
     match text.parse::<f64>() {
-        Ok(f) if f.is_finite() => Number::from_f64(f).map_or_else(|| Value::String(text.to_string()), Value::Number),
+        Ok(f) if f.is_finite() => {
+            Number::from_f64(f).map_or_else(|| Value::String(text.to_string()), Value::Number)
+        }
         _ => Value::String(text.to_string()),
     }
 }
@@ -230,12 +233,24 @@ mod tests {
         assert_eq!(to_json(&Kind::Int, "-42"), json!(-42));
         assert_eq!(to_json(&Kind::Float, "1.5"), json!(1.5));
         assert_eq!(to_json(&Kind::Float, "NaN"), json!("NaN"));
-        assert_eq!(to_json(&Kind::Numeric, "12345678901234"), json!(12345678901234i64));
+        assert_eq!(
+            to_json(&Kind::Numeric, "12345678901234"),
+            json!(12345678901234i64)
+        );
         assert_eq!(to_json(&Kind::Numeric, "3.25"), json!(3.25));
         assert_eq!(to_json(&Kind::Json, r#"{"a":[1,2]}"#), json!({"a":[1,2]}));
-        assert_eq!(to_json(&Kind::Timestamp, "2024-01-02 03:04:05.123"), json!("2024-01-02T03:04:05.123"));
-        assert_eq!(to_json(&Kind::TimestampTz, "2024-01-02 03:04:05+00"), json!("2024-01-02T03:04:05+00:00"));
-        assert_eq!(to_json(&Kind::TimestampTz, "2024-01-02 03:04:05+05:30"), json!("2024-01-02T03:04:05+05:30"));
+        assert_eq!(
+            to_json(&Kind::Timestamp, "2024-01-02 03:04:05.123"),
+            json!("2024-01-02T03:04:05.123")
+        );
+        assert_eq!(
+            to_json(&Kind::TimestampTz, "2024-01-02 03:04:05+00"),
+            json!("2024-01-02T03:04:05+00:00")
+        );
+        assert_eq!(
+            to_json(&Kind::TimestampTz, "2024-01-02 03:04:05+05:30"),
+            json!("2024-01-02T03:04:05+05:30")
+        );
         assert_eq!(to_json(&Kind::Text, "x"), json!("x"));
     }
 
@@ -247,7 +262,10 @@ mod tests {
         assert_eq!(to_json(&ints, "{}"), json!([]));
         assert_eq!(to_json(&ints, "[0:1]={5,6}"), json!([5, 6]));
         let texts = Kind::Array(Box::new(Kind::Text), b',');
-        assert_eq!(to_json(&texts, r#"{"a b","c\"d",plain,"NULL"}"#), json!(["a b", "c\"d", "plain", "NULL"]));
+        assert_eq!(
+            to_json(&texts, r#"{"a b","c\"d",plain,"NULL"}"#),
+            json!(["a b", "c\"d", "plain", "NULL"])
+        );
         let js = Kind::Array(Box::new(Kind::Json), b',');
         assert_eq!(to_json(&js, r#"{"{\"a\": 1}"}"#), json!([{"a": 1}]));
         assert_eq!(to_json(&ints, "{1,2"), json!("{1,2"));

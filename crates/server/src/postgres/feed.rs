@@ -1,0 +1,466 @@
+//! The feed's life: connect, set up, (re)activate subscriptions, stream, dispatch, confirm,
+//! and on any failure tell the channels, back off and start over from the slot's confirmed
+//! position.
+//!
+//! Connections: one replication connection (streaming), one query connection for subscribe
+//! work (catalog, filter casts), one for the feed task itself (RLS checks, relation reloads:
+//! it runs transactions, so nothing else may interleave on it).
+//!
+//! Position: the slot is permanent. Its confirmed position is advanced (standby status update)
+//! only to the end of a transaction whose changes have all been handed to the sinks, or to a
+//! keepalive position while no transaction is open. After a server restart the stream starts
+//! `resume_grace_ms` after the process start, so channels that rejoin in that window receive
+//! what was committed while the server was down.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use serde_json::{json, Value};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{self, TableInfo};
+use super::dispatch::{self, Change, DispatchCache};
+use super::pgoutput::{self, Message, Relation};
+use super::registry::{Registry, SubEntry, SubState};
+use super::replication::{format_lsn, ConnParams, ReplError, ReplMessage, ReplicationConnection};
+use super::setup;
+use super::subscribe::{self, Action, CompileCtx};
+use super::types::Kind;
+use super::{FeedEvent, PostgresConfig};
+
+/// What channels are told when the database cannot be reached (upstream's text for a tenant
+/// database it cannot connect to).
+pub(crate) const DB_UNAVAILABLE: &str = "Realtime was unable to connect to the project database";
+
+/// Where the feed stands.
+#[derive(Clone)]
+pub(crate) enum Phase {
+    /// First connection attempt in progress: subscriptions wait silently.
+    Starting,
+    /// Connected; subscriptions compile with this client.
+    Up(Arc<Client>),
+    /// Database unreachable: subscriptions are told and wait.
+    Down,
+}
+
+#[derive(Default)]
+pub(crate) struct CompileCaches {
+    kinds: HashMap<u32, Kind>,
+    tables: HashMap<(String, String), Arc<TableInfo>>,
+}
+
+#[derive(Default, Clone)]
+struct StatusInfo {
+    streaming: bool,
+    confirmed_lsn: u64,
+    last_error: Option<String>,
+    reconnects: u64,
+    changes: u64,
+    deliveries: u64,
+}
+
+/// State shared by the feed task and the subscribe calls.
+pub(crate) struct Shared {
+    pub(crate) cfg: PostgresConfig,
+    pub(crate) registry: RwLock<Registry>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) phase: Mutex<Phase>,
+    compile: tokio::sync::Mutex<CompileCaches>,
+    status: Mutex<StatusInfo>,
+    started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn new(cfg: PostgresConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            cfg,
+            registry: RwLock::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            phase: Mutex::new(Phase::Starting),
+            compile: tokio::sync::Mutex::new(CompileCaches::default()),
+            status: Mutex::new(StatusInfo::default()),
+            started: Instant::now(),
+        })
+    }
+
+    pub(crate) fn status(&self) -> Value {
+        let st = self.status.lock().clone();
+        let phase = match &*self.phase.lock() {
+            Phase::Starting => "starting",
+            Phase::Up(_) if st.streaming => "streaming",
+            Phase::Up(_) => "connected",
+            Phase::Down => "down",
+        };
+        let reg = self.registry.read();
+        json!({
+            "enabled": true,
+            "state": phase,
+            "slot": self.cfg.slot_name,
+            "publication": self.cfg.publication,
+            "confirmed_lsn": format_lsn(st.confirmed_lsn),
+            "last_error": st.last_error,
+            "reconnects": st.reconnects,
+            "changes": st.changes,
+            "deliveries": st.deliveries,
+            "subscriptions": reg.len(),
+            "active_subscriptions": reg.active_count(),
+        })
+    }
+}
+
+/// Compile a subscription and make it live (or fail it), for its current claims.
+pub(crate) fn activate(
+    shared: Arc<Shared>,
+    entry: Arc<SubEntry>,
+    client: Arc<Client>,
+) -> futures_util::future::BoxFuture<'static, ()> {
+    Box::pin(activate_inner(shared, entry, client))
+}
+
+async fn activate_inner(shared: Arc<Shared>, entry: Arc<SubEntry>, client: Arc<Client>) {
+    let generation = entry.generation.load(Ordering::Acquire);
+    let claims = entry.claims.lock().clone();
+    let result = {
+        let mut caches = shared.compile.lock().await;
+        let caches = &mut *caches;
+        let mut ctx = CompileCtx {
+            client: &client,
+            publication: &shared.cfg.publication,
+            kinds: &mut caches.kinds,
+            tables: &mut caches.tables,
+        };
+        subscribe::compile(&mut ctx, &claims.role, &entry.bindings).await
+    };
+    let stale = move |entry: &SubEntry| {
+        !entry.alive.load(Ordering::Acquire)
+            || entry.generation.load(Ordering::Acquire) != generation
+    };
+    match result {
+        Ok(bindings) => {
+            // Under the write lock: the change dispatcher either has not seen this channel yet
+            // or sees it only after `Subscribed` was handed to the sink.
+            let mut reg = shared.registry.write();
+            if stale(&entry) {
+                return;
+            }
+            reg.set_state(entry.id, SubState::Active(Arc::new(bindings)));
+            entry.send(FeedEvent::Subscribed);
+            tracing::debug!(topic = %entry.topic, "postgres_changes subscribed");
+        }
+        Err(e) if e.fatal => {
+            if stale(&entry) {
+                return;
+            }
+            shared
+                .registry
+                .write()
+                .set_state(entry.id, SubState::Failed);
+            tracing::info!(topic = %entry.topic, error = %e.message, "postgres_changes subscription refused");
+            entry.send(FeedEvent::Error(e.message));
+        }
+        Err(e) => {
+            if stale(&entry) {
+                return;
+            }
+            tracing::warn!(topic = %entry.topic, error = %e.message, "postgres_changes subscription failed; retrying");
+            entry.send(FeedEvent::Error(e.message));
+            // upstream retries after a random 5-10 s
+            let delay = Duration::from_millis(5000 + rand::random::<u64>() % 5000);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let phase = shared.phase.lock().clone();
+                if let Phase::Up(client) = phase {
+                    if !stale(&entry) && matches!(*entry.state.lock(), SubState::Pending) {
+                        activate(shared.clone(), entry.clone(), client).await;
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn pg_config(url: &str, app: &str) -> Result<tokio_postgres::Config, String> {
+    let mut cfg =
+        tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid database URL: {e}"))?;
+    cfg.application_name(app);
+    cfg.options("-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=1 -c bytea_output=hex -c standard_conforming_strings=on");
+    cfg.connect_timeout(Duration::from_secs(10));
+    Ok(cfg)
+}
+
+async fn connect(cfg: &tokio_postgres::Config) -> Result<Arc<Client>, String> {
+    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(Arc::new(client))
+}
+
+fn errs<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// The background task.
+pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut attempt: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut reached_stream = false;
+        let result = tokio::select! {
+            r = session(&shared, &shutdown, &mut first, &mut reached_stream) => r,
+            () = shutdown.cancelled() => Ok(()),
+        };
+        if shutdown.is_cancelled() {
+            tracing::info!("postgres_changes feed stopped");
+            return;
+        }
+        let err = match result {
+            Ok(()) => "replication stream ended".to_string(),
+            Err(e) => e,
+        };
+        if reached_stream {
+            attempt = 0;
+        }
+        attempt = attempt.saturating_add(1);
+        let was_down = matches!(*shared.phase.lock(), Phase::Down);
+        *shared.phase.lock() = Phase::Down;
+        {
+            let mut st = shared.status.lock();
+            st.streaming = false;
+            st.last_error = Some(err.clone());
+            st.reconnects += 1;
+        }
+        if !was_down {
+            tracing::warn!(error = %err, "postgres_changes: database connection lost; reconnecting");
+            // every live or waiting subscription is told, once per outage
+            let entries = shared.registry.read().retryable();
+            for e in entries {
+                shared.registry.write().set_state(e.id, SubState::Pending);
+                e.send(FeedEvent::Error(DB_UNAVAILABLE.to_string()));
+            }
+        } else {
+            tracing::debug!(error = %err, attempt, "postgres_changes: still unreachable");
+        }
+        let base = 250u64.saturating_mul(1 << attempt.min(5)).min(5000);
+        let delay = Duration::from_millis(base + rand::random::<u64>() % 250);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    first: &mut bool,
+    reached_stream: &mut bool,
+) -> Result<(), String> {
+    let cfg = &shared.cfg;
+    let sub_cfg = pg_config(&cfg.database_url, "supabase_realtime_subscribe")?;
+    let feed_cfg = pg_config(&cfg.database_url, "supabase_realtime_rls")?;
+    let params = ConnParams::from_config(&sub_cfg).map_err(errs)?;
+    let sub_client = connect(&sub_cfg).await?;
+    let client = connect(&feed_cfg).await?;
+    setup::prepare(&client, &cfg.publication)
+        .await
+        .map_err(errs)?;
+    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
+        .await
+        .map_err(errs)?;
+    let created = setup::ensure_slot(&client, &mut repl, &cfg.slot_name)
+        .await
+        .map_err(errs)?;
+    tracing::info!(slot = %cfg.slot_name, publication = %cfg.publication, "postgres_changes: connected to the database");
+
+    *shared.phase.lock() = Phase::Up(sub_client.clone());
+    shared.compile.lock().await.tables.clear();
+    let entries = shared.registry.read().retryable();
+    for e in entries {
+        activate(shared.clone(), e, sub_client.clone()).await;
+    }
+    if *first && !created {
+        let until = shared.started + Duration::from_millis(cfg.resume_grace_ms);
+        let now = Instant::now();
+        if until > now {
+            tracing::info!(
+                ms = (until - now).as_millis() as u64,
+                "postgres_changes: waiting for channels to rejoin before resuming the slot"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(until - now) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+    *first = false;
+
+    // START_REPLICATION; a slot still held by a dead predecessor's walsender is released
+    let mut tries = 0;
+    loop {
+        match repl
+            .start_logical(&cfg.slot_name, 0, &cfg.publication)
+            .await
+        {
+            Ok(()) => break,
+            Err(ReplError::Server { code, message }) if code == "55006" && tries < 3 => {
+                tries += 1;
+                tracing::warn!(%message, "replication slot in use; terminating the holder");
+                setup::release_slot(&client, &cfg.slot_name)
+                    .await
+                    .map_err(errs)?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
+                    .await
+                    .map_err(errs)?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    *reached_stream = true;
+    shared.status.lock().streaming = true;
+    tracing::info!(slot = %cfg.slot_name, "postgres_changes: streaming");
+
+    let mut relations: HashMap<u32, (Relation, Option<Arc<TableInfo>>)> = HashMap::new();
+    let mut cache = DispatchCache::default();
+    let mut kinds: HashMap<u32, Kind> = HashMap::new();
+    let mut confirmed: u64 = 0;
+    let mut sent: u64 = 0;
+    let mut in_txn = false;
+    let mut commit_ts: i64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_status = Instant::now();
+    let mut last_cache_clear = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                if confirmed > sent {
+                    let _ = repl.send_status(confirmed, false).await;
+                }
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                if confirmed > sent || last_status.elapsed() > Duration::from_secs(10) {
+                    repl.send_status(confirmed.max(sent), false).await.map_err(errs)?;
+                    sent = confirmed.max(sent);
+                    last_status = Instant::now();
+                    shared.status.lock().confirmed_lsn = sent;
+                }
+                if last_cache_clear.elapsed() > Duration::from_secs(10) {
+                    // column grants can change without a relation message
+                    cache.visible.clear();
+                    last_cache_clear = Instant::now();
+                }
+            }
+            msg = repl.next() => {
+                match msg.map_err(errs)? {
+                    ReplMessage::Keepalive { wal_end, reply } => {
+                        if !in_txn && wal_end > confirmed {
+                            confirmed = wal_end;
+                        }
+                        if reply {
+                            repl.send_status(confirmed.max(sent), false).await.map_err(errs)?;
+                            sent = confirmed.max(sent);
+                            last_status = Instant::now();
+                        }
+                    }
+                    ReplMessage::XLogData { data } => {
+                        match pgoutput::decode(data).map_err(errs)? {
+                            Message::Begin { commit_ts: ts, .. } => {
+                                in_txn = true;
+                                commit_ts = ts;
+                            }
+                            Message::Commit { end_lsn, .. } => {
+                                in_txn = false;
+                                if end_lsn > confirmed {
+                                    confirmed = end_lsn;
+                                }
+                                // every change of the transaction is in the sinks: confirm now,
+                                // so a crash right after does not replay it
+                                repl.send_status(confirmed, false).await.map_err(errs)?;
+                                sent = confirmed;
+                                last_status = Instant::now();
+                                shared.status.lock().confirmed_lsn = sent;
+                            }
+                            Message::Relation(rel) => {
+                                let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await.map_err(errs)?;
+                                if let Some(t) = &info {
+                                    cache.visible.retain(|(_, oid), _| *oid != t.oid);
+                                }
+                                shared.compile.lock().await.tables.remove(&(rel.schema.clone(), rel.table.clone()));
+                                relations.insert(rel.id, (rel, info));
+                            }
+                            Message::Insert { rel, new } => {
+                                deliver(shared, &client, &mut cache, &relations, rel, Action::Insert, commit_ts, Some(&new), None, true).await?;
+                            }
+                            Message::Update { rel, old, new } => {
+                                let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
+                                deliver(shared, &client, &mut cache, &relations, rel, Action::Update, commit_ts, Some(&new), old.as_deref(), key_only).await?;
+                            }
+                            Message::Delete { rel, old } => {
+                                let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
+                                deliver(shared, &client, &mut cache, &relations, rel, Action::Delete, commit_ts, None, Some(&old), key_only).await?;
+                            }
+                            Message::Other => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    shared: &Arc<Shared>,
+    client: &Client,
+    cache: &mut DispatchCache,
+    relations: &HashMap<u32, (Relation, Option<Arc<TableInfo>>)>,
+    rel: u32,
+    action: Action,
+    commit_ts: i64,
+    new: Option<&[pgoutput::Datum]>,
+    old: Option<&[pgoutput::Datum]>,
+    old_is_key_only: bool,
+) -> Result<(), String> {
+    let Some((relation, Some(table))) = relations.get(&rel) else {
+        return Ok(());
+    };
+    let change = Change {
+        action,
+        rel: relation,
+        table,
+        commit_ts,
+        new,
+        old,
+        old_is_key_only,
+    };
+    let n = dispatch::dispatch(
+        &change,
+        &shared.registry,
+        client,
+        cache,
+        shared.cfg.max_record_bytes,
+    )
+    .await
+    .map_err(errs)?;
+    let mut st = shared.status.lock();
+    st.changes += 1;
+    st.deliveries += n as u64;
+    Ok(())
+}
+
+/// Drop the slot and the publication (the `cleanup` request).
+pub(crate) async fn cleanup(cfg: &PostgresConfig) -> Result<(), String> {
+    let client = connect(&pg_config(&cfg.database_url, "supabase_realtime_cleanup")?).await?;
+    setup::cleanup(&client, &cfg.slot_name, &cfg.publication)
+        .await
+        .map_err(errs)
+}

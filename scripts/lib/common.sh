@@ -1,0 +1,103 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/test.sh and scripts/run.sh. Source it; do not run it.
+#
+# Everything installs idempotently: a second run only checks.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="$REPO_ROOT/.venv"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif have sudo; then sudo "$@"
+  else die "need root to run: $*"
+  fi
+}
+
+_APT_UPDATED=0
+apt_install() {
+  # apt_install pkg... : installs the missing ones only.
+  local missing=()
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  have apt-get || die "apt-get not found; install ${missing[*]} by hand"
+  if [ "$_APT_UPDATED" = 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    _APT_UPDATED=1
+  fi
+  note "apt-get install ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+ensure_base_tools() {
+  local pkgs=()
+  have curl || pkgs+=(curl)
+  have git || pkgs+=(git)
+  have cc || pkgs+=(gcc libc6-dev)
+  have pkg-config || pkgs+=(pkg-config)
+  [ "${#pkgs[@]}" -gt 0 ] && apt_install ca-certificates "${pkgs[@]}"
+  have cargo || die "cargo (Rust toolchain) not found: install it with rustup first"
+  return 0
+}
+
+ensure_node() {
+  if ! have node || ! have npm; then
+    log "installing Node.js and npm (apt)"
+    apt_install nodejs npm
+  fi
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]')"
+  [ "$major" -ge 18 ] || die "Node.js >= 18 needed (found $(node --version))"
+}
+
+# npm ci in interop/ unless node_modules already matches package-lock.json.
+ensure_interop_node_modules() {
+  ensure_node
+  local dir="$REPO_ROOT/interop"
+  local stamp="$dir/node_modules/.interop-lock.sha256"
+  local want
+  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -d "$dir/node_modules/@supabase/realtime-js" ]; then
+    return 0
+  fi
+  log "npm ci (interop/)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
+  echo "$want" >"$stamp"
+}
+
+ensure_python_venv() {
+  local py="${PYTHON:-python3}"
+  have "$py" || apt_install python3
+  if ! "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating Python venv at .venv"
+    "$py" -m venv "$VENV" >&2
+  fi
+  local stamp="$VENV/.requirements-test.sha256"
+  local want
+  want="$(sha256sum "$REPO_ROOT/requirements-test.txt" | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "pip install -r requirements-test.txt"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REPO_ROOT/requirements-test.txt" >&2
+    echo "$want" >"$stamp"
+  fi
+}
+
+# The repo's own Python package (crates/python, built with maturin), once it exists.
+ensure_python_package() {
+  local manifest="$REPO_ROOT/crates/python/Cargo.toml"
+  [ -f "$REPO_ROOT/crates/python/pyproject.toml" ] && [ -f "$manifest" ] || return 0
+  log "building the Python package (maturin develop, crates/python)"
+  VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" \
+    "$VENV/bin/maturin" develop --quiet -m "$manifest" >&2
+}

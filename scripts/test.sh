@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# scripts/test.sh — THE test command. On a fresh Debian machine (root, package registries
+# reachable) it installs what the tests need, idempotently, then runs:
+#   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace,
+#   and pytest over tests/ (interop suite: the real server with the official
+#   realtime-js and Python clients as peers).
+# Exits non-zero if any step fails. Runs every step it can even after a failure, so one
+# run reports everything; the last line is pytest's summary.
+#
+# Env:
+#   CARGO_TARGET_DIR      honoured (default: target/)
+#   PYTEST_ARGS           extra pytest arguments (e.g. "-k presence -x")
+#   SKIP_RUST_CHECKS=1    skip fmt/clippy/cargo test (pytest only)
+#   SKIP_POSTGRES=1       do not start the local PostgreSQL (scripts/postgres.sh)
+set -uo pipefail
+
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+cd "$REPO_ROOT"
+
+START=$(date +%s)
+declare -a RESULTS=()
+FAILED=0
+record() { # record NAME STATUS
+  RESULTS+=("$(printf '%-28s %s' "$1" "$2")")
+  [ "$2" = ok ] || FAILED=1
+}
+step() { # step NAME cmd...
+  local name="$1"; shift
+  log "$name: $*"
+  local t0=$SECONDS
+  if "$@"; then record "$name" ok; else record "$name" "FAILED (exit $?)"; fi
+  note "$name took $((SECONDS - t0)) s"
+}
+
+# --- install -----------------------------------------------------------------------------
+set -e
+log "checking/installing prerequisites"
+ensure_base_tools
+ensure_interop_node_modules
+ensure_python_venv
+set +e
+
+if [ "${SKIP_POSTGRES:-}" != 1 ] && [ -f scripts/postgres.sh ]; then
+  log "starting PostgreSQL (scripts/postgres.sh)"
+  if pg_out="$(bash scripts/postgres.sh start)"; then
+    url="$(printf '%s\n' "$pg_out" | tail -n1)"
+    case "$url" in
+      DATABASE_URL=*) export "${url?}"; note "using ${url%%@*}@…" ;;
+      *) note "scripts/postgres.sh printed no DATABASE_URL; database tests may skip" ;;
+    esac
+  else
+    record "postgres.sh start" "FAILED"
+  fi
+fi
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
+
+# --- Rust ----------------------------------------------------------------------------------
+if [ "${SKIP_RUST_CHECKS:-}" != 1 ]; then
+  step "cargo fmt --check" cargo fmt --all -- --check
+  step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+  step "cargo test" cargo test --workspace
+fi
+
+SERVER_OK=1
+step "build server" cargo build -p supabase-realtime-server || true
+[ -x "$TARGET_DIR/debug/supabase-realtime-server" ] || SERVER_OK=0
+export REALTIME_SERVER_BIN="${REALTIME_SERVER_BIN:-$TARGET_DIR/debug/supabase-realtime-server}"
+
+if ! ensure_python_package; then
+  record "python package (maturin)" "FAILED"
+fi
+
+# --- pytest --------------------------------------------------------------------------------
+PYTEST_LOG="$(mktemp -t pytest-XXXXXX.log)"
+export INTEROP_LOG_DIR="${INTEROP_LOG_DIR:-$(mktemp -d -t interop-logs-XXXXXX)}"
+if [ "$SERVER_OK" = 1 ]; then
+  log "pytest tests/ (logs of servers and peers: $INTEROP_LOG_DIR)"
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pytest tests/ -p no:cacheprovider -rfEs \
+    -o asyncio_default_fixture_loop_scope=function ${PYTEST_ARGS:-} 2>&1 | tee "$PYTEST_LOG"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 0 ]; then record "pytest" ok
+  elif [ "$rc" = 5 ]; then record "pytest" "FAILED (no tests collected)"
+  else record "pytest" "FAILED (exit $rc)"
+  fi
+else
+  record "pytest" "NOT RUN (server binary missing)"
+fi
+
+# --- summary -------------------------------------------------------------------------------
+log "summary ($(( $(date +%s) - START )) s)"
+for r in "${RESULTS[@]}"; do note "$r"; done
+summary_line="$(grep -E '^=+ .*(passed|failed|error|skipped|no tests ran).* in [0-9.]+s' "$PYTEST_LOG" | tail -n1)"
+rm -f "$PYTEST_LOG"
+if [ "$FAILED" != 0 ]; then
+  note "RESULT: FAILED"
+else
+  note "RESULT: all steps passed"
+fi
+[ -n "$summary_line" ] && echo "$summary_line"
+exit "$FAILED"
