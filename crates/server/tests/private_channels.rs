@@ -102,6 +102,11 @@ async fn join_private(
     .await
 }
 
+async fn join_private_ok(c: &mut Client, topic: &str, jref: &str, token: &str, extra: Value) {
+    let r = join_private(c, topic, jref, token, extra).await;
+    assert_eq!(r.payload["status"], "ok", "private join refused: {r:?}");
+}
+
 fn bcast(jref: &str, r: &str, topic: &str, event: &str, payload: Value) -> Message {
     Message::new(
         Some(jref.into()),
@@ -123,30 +128,22 @@ async fn authorized_users_join_and_broadcast_others_are_refused() {
         connect(&srv, Serializer::V2).await,
         connect(&srv, Serializer::V1).await,
     );
-    assert_eq!(
-        join_private(
-            &mut a,
-            &topic,
-            "1",
-            &user("11111111-1111-1111-1111-111111111111"),
-            json!({"broadcast": {"ack": true}})
-        )
-        .await
-        .payload["status"],
-        "ok"
-    );
-    assert_eq!(
-        join_private(
-            &mut b,
-            &topic,
-            "1",
-            &user("22222222-2222-2222-2222-222222222222"),
-            json!({})
-        )
-        .await
-        .payload["status"],
-        "ok"
-    );
+    join_private_ok(
+        &mut a,
+        &topic,
+        "1",
+        &user("11111111-1111-1111-1111-111111111111"),
+        json!({"broadcast": {"ack": true}}),
+    )
+    .await;
+    join_private_ok(
+        &mut b,
+        &topic,
+        "1",
+        &user("22222222-2222-2222-2222-222222222222"),
+        json!({}),
+    )
+    .await;
     a.send(bcast("1", "2", &topic, "hi", json!({"n": 1}))).await;
     assert_eq!(a.recv_event("phx_reply").await.payload["status"], "ok");
     assert_eq!(
@@ -185,30 +182,22 @@ async fn read_only_users_broadcasts_are_dropped_and_presence_is_split() {
         connect(&srv, Serializer::V2).await,
         connect(&srv, Serializer::V2).await,
     );
-    assert_eq!(
-        join_private(
-            &mut reader,
-            &topic,
-            "1",
-            &user("33333333-3333-3333-3333-333333333333"),
-            json!({"broadcast": {"ack": true}})
-        )
-        .await
-        .payload["status"],
-        "ok"
-    );
-    assert_eq!(
-        join_private(
-            &mut other,
-            &topic,
-            "1",
-            &user("44444444-4444-4444-4444-444444444444"),
-            json!({})
-        )
-        .await
-        .payload["status"],
-        "ok"
-    );
+    join_private_ok(
+        &mut reader,
+        &topic,
+        "1",
+        &user("33333333-3333-3333-3333-333333333333"),
+        json!({"broadcast": {"ack": true}}),
+    )
+    .await;
+    join_private_ok(
+        &mut other,
+        &topic,
+        "1",
+        &user("44444444-4444-4444-4444-444444444444"),
+        json!({}),
+    )
+    .await;
     // No write permission: dropped, and no reply even with ack (upstream: the client times out).
     reader.send(bcast("1", "2", &topic, "hi", json!({}))).await;
     other.assert_silent(300).await;
@@ -231,18 +220,14 @@ async fn read_only_users_broadcasts_are_dropped_and_presence_is_split() {
     // presread-: presence may be read (state arrives) but not broadcasts, and tracking is denied.
     let ptopic = unique("presread-");
     let mut p = connect(&srv, Serializer::V2).await;
-    assert_eq!(
-        join_private(
-            &mut p,
-            &ptopic,
-            "1",
-            &user("55555555-5555-5555-5555-555555555555"),
-            json!({"presence": {"enabled": true}})
-        )
-        .await
-        .payload["status"],
-        "ok"
-    );
+    join_private_ok(
+        &mut p,
+        &ptopic,
+        "1",
+        &user("55555555-5555-5555-5555-555555555555"),
+        json!({"presence": {"enabled": true}}),
+    )
+    .await;
     assert_eq!(p.recv_event("presence_state").await.payload, json!({}));
     p.send(Message::new(
         Some("1".into()),
@@ -408,12 +393,7 @@ async fn a_token_refresh_that_loses_permission_closes_the_channel() {
     let me = "99999999-9999-9999-9999-999999999999";
     let topic = format!("user-{me}");
     let mut c = connect(&srv, Serializer::V2).await;
-    assert_eq!(
-        join_private(&mut c, &topic, "1", &user(me), json!({}))
-            .await
-            .payload["status"],
-        "ok"
-    );
+    join_private_ok(&mut c, &topic, "1", &user(me), json!({})).await;
     // Same user, fresh token: still allowed, nothing happens.
     let fresh = sign_hs256(
         DEFAULT_JWT_SECRET,
@@ -532,17 +512,13 @@ async fn two_servers_on_one_database_migrate_once() {
     // Both serve private channels.
     for srv in [&a, &b] {
         let mut c = connect(srv, Serializer::V2).await;
-        assert_eq!(
-            join_private(
-                &mut c,
-                &unique("allowed-"),
-                "1",
-                &user("dddddddd-dddd-dddd-dddd-dddddddddddd"),
-                json!({})
-            )
-            .await
-            .payload["status"],
-            "ok"
-        );
+        join_private_ok(
+            &mut c,
+            &unique("allowed-"),
+            "1",
+            &user("dddddddd-dddd-dddd-dddd-dddddddddddd"),
+            json!({}),
+        )
+        .await;
     }
 }

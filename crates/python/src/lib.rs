@@ -1,0 +1,36 @@
+//! `supabase_realtime._native`: the compiled core of the `supabase_realtime` Python package.
+//!
+//! The package's public classes are thin Python wrappers (python/supabase_realtime) over
+//! [`client::NativeClient`] and [`channel::NativeChannel`], which drive the Rust client
+//! crate `supabase-realtime` on one lazy global tokio runtime ([`runtime`]).
+//!
+//! # Implementation
+//!
+//! * **GIL**: released around every wait on Rust ([`runtime::wait`], which also wakes every
+//!   100 ms to run Python's signal handlers so Ctrl-C interrupts a blocking call).
+//! * **Awaitables**: the `_async` methods return asyncio awaitables
+//!   (pyo3-async-runtimes), resolved on the caller's loop; cancelling one cancels the Rust
+//!   future.
+//! * **Callbacks**: see [`dispatch`]: JSON is parsed in Rust; events reach Python in
+//!   batches, one GIL acquisition (sync) or one `call_soon_threadsafe` (async) per batch.
+//! * **Errors**: [`errors`] maps the client's `ErrorKind` to exception classes
+//!   (`AuthorizationError`, `NotConnectedError`, ...) that carry the server's reason.
+
+use pyo3::prelude::*;
+
+mod channel;
+mod client;
+mod convert;
+mod dispatch;
+mod errors;
+mod options;
+mod runtime;
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<client::NativeClient>()?;
+    m.add_class::<channel::NativeChannel>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
