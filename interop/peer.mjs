@@ -22,6 +22,15 @@
 //   {"id": 14, "cmd": "state"}            (socket + channel states)
 //   {"id": 15, "cmd": "disconnect"}
 //   {"id": 16, "cmd": "exit"}
+//   {"id": 17, "cmd": "on_postgres_changes", "topic": "room1", "label": "a",
+//    "filter": {"event": "*", "schema": "public", "table": "todos", "filter": "id=eq.1"}}
+//   {"id": 18, "cmd": "set_access_token_fn", "token": "<jwt>", "refresh": false?}
+//        (changes what the `accessToken` callback returns; refresh: also call setAuth())
+// Optional connect fields (added later; old behaviour without them):
+//   "accessTokenFn": "<jwt>"   pass RealtimeClient the `accessToken` option, an async callback
+//                              returning this value (changed by set_access_token_fn)
+//   "tapFrames": true          report every frame the socket receives as
+//                              {"type":"frame","binary":bool,"kind":N|null,"size":N,"hex":...,"text":...}
 //
 // Output (one JSON object per line, field "type"):
 //   {"type":"ready"}                                         once, at start
@@ -36,6 +45,7 @@
 //   {"type":"message","message":{topic,event,payload,ref,join_ref}}   only with trace: true
 //   {"type":"log","kind":K,"msg":M}                                  only with trace: true
 //   {"type":"error","error":"..."}                                   anything unexpected
+//   {"type":"postgres_changes","topic":T,"label":L,"payload":<what the callback got>}
 //
 // Binary payloads (ArrayBuffer / typed arrays) are reported as {"__binary__": "<hex>"}; the same
 // form in a send/http_send payload is sent as an ArrayBuffer.
@@ -53,6 +63,25 @@ for (const name of ['log', 'info', 'debug', 'warn']) {
 let client = null;
 const channels = new Map(); // bare topic name -> RealtimeChannel
 let trace = false;
+let accessTokenFnValue = null; // what the `accessToken` callback returns (connect.accessTokenFn)
+
+// A `ws` WebSocket that reports each received frame (connect.tapFrames).
+class TapWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.on('message', (data, isBinary) => {
+      const buf = Buffer.isBuffer(data) ? data : Buffer.from(Array.isArray(data) ? Buffer.concat(data) : data);
+      emit({
+        type: 'frame',
+        binary: !!isBinary,
+        kind: isBinary ? buf[0] : null,
+        size: buf.length,
+        hex: isBinary ? buf.subarray(0, 4096).toString('hex') : null,
+        text: isBinary ? null : buf.subarray(0, 4096).toString('utf8'),
+      });
+    });
+  }
+}
 
 function toJsonSafe(value, depth = 0) {
   if (depth > 64) return '[depth]';
@@ -144,11 +173,15 @@ const handlers = {
     if (!cmd.url) throw new Error('connect: "url" is required');
     trace = !!cmd.trace;
     const options = {
-      transport: WebSocket,
+      transport: cmd.tapFrames ? TapWebSocket : WebSocket,
       params: { apikey: cmd.apikey },
       vsn: cmd.vsn || '2.0.0',
       timeout: cmd.timeout ?? 10000,
     };
+    if (cmd.accessTokenFn) {
+      accessTokenFnValue = cmd.accessTokenFn;
+      options.accessToken = async () => accessTokenFnValue;
+    }
     if (cmd.heartbeatIntervalMs) options.heartbeatIntervalMs = cmd.heartbeatIntervalMs;
     if (cmd.reconnect === false) options.reconnectAfterMs = () => 24 * 3600 * 1000;
     if (trace) {
@@ -289,6 +322,26 @@ const handlers = {
     if (!client) return 'not connected';
     const result = await withTimeout(client.disconnect(), 30000, 'disconnect');
     return result;
+  },
+
+  on_postgres_changes(cmd) {
+    const ch = requireChannel(cmd.topic);
+    const filter = cmd.filter || { event: '*', schema: 'public' };
+    const label = cmd.label ?? null;
+    ch.on('postgres_changes', filter, (payload) => {
+      emit({ type: 'postgres_changes', topic: cmd.topic, label, payload });
+    });
+    return { label };
+  },
+
+  async set_access_token_fn(cmd) {
+    accessTokenFnValue = cmd.token ?? null;
+    if (cmd.refresh) {
+      const c = requireClient();
+      await withTimeout(c.setAuth(), 30000, 'setAuth');
+      return { accessTokenValue: c.accessTokenValue };
+    }
+    return {};
   },
 
   exit() {

@@ -15,11 +15,64 @@ use crate::postgres::{PostgresChange, PostgresChangesFilter};
 use crate::presence::{PresenceEvent, PresenceState};
 use crate::rest;
 
-/// How a channel joins (the `config` of `phx_join`, PROTOCOL.md §4.1).
+/// How a channel rejoins after it failed: a join refused or timed out, `phx_error`, a
+/// server close, or the connection lost. Failures in a row are counted; a successful join
+/// resets the count.
 ///
 /// ```
+/// use std::time::Duration;
+/// use supabase_realtime::{ChannelConfig, RejoinPolicy};
+/// let config = ChannelConfig::default().rejoin(RejoinPolicy {
+///     auto_rejoin: true,
+///     max_retries: Some(3),
+///     initial_backoff: Some(Duration::from_millis(200)),
+/// });
+/// assert_eq!(config.rejoin.max_retries, Some(3));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejoinPolicy {
+    /// Rejoin at all. When `false` the first failure is final. Default `true`.
+    pub auto_rejoin: bool,
+    /// Give up after this many failures in a row (`Some(0)`: never retry); `None` (the
+    /// default) retries forever.
+    pub max_retries: Option<u32>,
+    /// First rejoin delay; it doubles per failure in a row, up to
+    /// [`ClientOptions::max_backoff`](crate::ClientOptions::max_backoff) (or this value, if
+    /// larger). `None` (the default) uses the client's
+    /// [`rejoin_backoff`](crate::ClientOptions::rejoin_backoff) table.
+    pub initial_backoff: Option<Duration>,
+}
+
+impl Default for RejoinPolicy {
+    fn default() -> Self {
+        RejoinPolicy {
+            auto_rejoin: true,
+            max_retries: None,
+            initial_backoff: None,
+        }
+    }
+}
+
+impl RejoinPolicy {
+    /// Whether a channel that has failed `failures` times in a row (this one included)
+    /// gives up instead of rejoining.
+    pub fn gives_up(&self, failures: u32) -> bool {
+        !self.auto_rejoin || self.max_retries.is_some_and(|m| failures > m)
+    }
+}
+
+/// How a channel joins (the `config` of `phx_join`, PROTOCOL.md §4.1) and rejoins, and what
+/// it asks of the socket.
+///
+/// ```
+/// use std::time::Duration;
 /// use supabase_realtime::ChannelConfig;
-/// let config = ChannelConfig::default().broadcast_self(true).broadcast_ack(true).presence_key("alice");
+/// let config = ChannelConfig::default()
+///     .broadcast_self(true)
+///     .broadcast_ack(true)
+///     .presence_key("alice")
+///     .max_retries(Some(5))
+///     .hb_interval(Duration::from_secs(5));
 /// assert_eq!(config.to_json()["broadcast"]["self"], true);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,6 +90,17 @@ pub struct ChannelConfig {
     pub presence_enabled: bool,
     /// Authorize with RLS (`private: true`).
     pub private: bool,
+    /// How this channel rejoins after failures (default: forever, per the client's
+    /// [`rejoin_backoff`](crate::ClientOptions::rejoin_backoff)).
+    pub rejoin: RejoinPolicy,
+    /// The heartbeat interval this channel asks for. Heartbeats belong to the socket, which
+    /// all channels of a client share: the socket beats at the **smallest** of
+    /// [`ClientOptions::hb_interval`](crate::ClientOptions::hb_interval) and the
+    /// `hb_interval` of every channel the client has (not removed), re-evaluated whenever a
+    /// channel is added or removed, at runtime. A channel can thus only make heartbeats more
+    /// frequent (the server closes sockets silent for 60 s, so longer intervals than the
+    /// client's are not honoured). `None` (the default) asks nothing.
+    pub hb_interval: Option<Duration>,
 }
 
 impl ChannelConfig {
@@ -70,8 +134,34 @@ impl ChannelConfig {
         self.replay = Some((since_ms, limit));
         self
     }
+    /// Set the whole [`rejoin`](Self::rejoin) policy.
+    pub fn rejoin(mut self, policy: RejoinPolicy) -> Self {
+        self.rejoin = policy;
+        self
+    }
+    /// Set [`RejoinPolicy::auto_rejoin`].
+    pub fn auto_rejoin(mut self, on: bool) -> Self {
+        self.rejoin.auto_rejoin = on;
+        self
+    }
+    /// Set [`RejoinPolicy::max_retries`].
+    pub fn max_retries(mut self, n: Option<u32>) -> Self {
+        self.rejoin.max_retries = n;
+        self
+    }
+    /// Set [`RejoinPolicy::initial_backoff`].
+    pub fn initial_backoff(mut self, d: Duration) -> Self {
+        self.rejoin.initial_backoff = Some(d);
+        self
+    }
+    /// Set [`hb_interval`](Self::hb_interval).
+    pub fn hb_interval(mut self, d: Duration) -> Self {
+        self.hb_interval = Some(d);
+        self
+    }
 
-    /// The `config` object (without `postgres_changes`, which the bindings add).
+    /// The `config` object (without `postgres_changes`, which the bindings add). The rejoin
+    /// policy and `hb_interval` are client-side and not sent.
     pub fn to_json(&self) -> Value {
         let mut broadcast = json!({"ack": self.broadcast_ack, "self": self.broadcast_self});
         if let Some((since, limit)) = self.replay {
@@ -99,11 +189,17 @@ pub enum ChannelStatus {
     Subscribed,
     /// `TIMED_OUT`: the join got no answer in time; a rejoin is scheduled.
     TimedOut,
-    /// `CHANNEL_ERROR`: the join was refused, the channel crashed or the socket dropped; a
-    /// rejoin is scheduled unless the bindings did not match.
+    /// `CHANNEL_ERROR`: the join was refused, the channel crashed, the socket dropped or its
+    /// handshake was refused; a rejoin is scheduled unless the bindings did not match or the
+    /// channel's [`RejoinPolicy`] gave up.
     ChannelError {
         /// The server's reason, or what happened.
         reason: String,
+        /// What kind of failure it is, as [`Error::kind`] of the matching `subscribe` error:
+        /// [`ErrorKind::Authorization`] for token/RLS refusals (join refused or handshake
+        /// refused with 401/403), [`ErrorKind::NotConnected`] for a lost connection,
+        /// [`ErrorKind::ChannelError`] otherwise.
+        kind: ErrorKind,
     },
     /// Leaving.
     Leaving,
@@ -128,6 +224,36 @@ impl ChannelStatus {
             ChannelStatus::ChannelError { .. } => "CHANNEL_ERROR",
             ChannelStatus::Leaving => "LEAVING",
             ChannelStatus::Closed { .. } => "CLOSED",
+        }
+    }
+
+    /// The kind of a `CHANNEL_ERROR` ([`ErrorKind::Timeout`] for `TIMED_OUT`).
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        match self {
+            ChannelStatus::ChannelError { kind, .. } => Some(*kind),
+            ChannelStatus::TimedOut => Some(ErrorKind::Timeout),
+            _ => None,
+        }
+    }
+
+    /// The reason of a `CHANNEL_ERROR`, or of a `CLOSED` the server caused.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ChannelStatus::ChannelError { reason, .. } => Some(reason),
+            ChannelStatus::Closed { reason } => reason.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The `CHANNEL_ERROR` / `TIMED_OUT` status as an [`Error`] (kind and reason), as
+    /// `subscribe` would have failed with it.
+    pub fn to_error(&self) -> Option<Error> {
+        match self {
+            ChannelStatus::ChannelError { reason, kind } => {
+                Some(Error::new(*kind, "the channel errored").with_reason(reason.clone()))
+            }
+            ChannelStatus::TimedOut => Some(Error::timeout("the join timed out; retrying")),
+            _ => None,
         }
     }
 }
@@ -235,9 +361,14 @@ impl RealtimeChannel {
 
     /// Subscribe (join). Resolves on `SUBSCRIBED`; fails with the server's reason on
     /// `CHANNEL_ERROR` ([`ErrorKind::Authorization`] for token/RLS refusals), or with
-    /// [`ErrorKind::Timeout`]. After a failure the channel keeps retrying in the background
-    /// (as realtime-js) until [`unsubscribe`](Self::unsubscribe) — except after a binding
-    /// mismatch, which leaves the channel.
+    /// [`ErrorKind::Timeout`]. It does not wait for its timeout when the socket cannot open:
+    /// a handshake refused for the key or token (HTTP 401/403) fails it at once with
+    /// [`ErrorKind::Authorization`] and the server's text (e.g. `Token has expired`), and a
+    /// disconnected client with [`ErrorKind::NotConnected`].
+    ///
+    /// After a failure the channel keeps retrying in the background (as realtime-js) until
+    /// [`unsubscribe`](Self::unsubscribe) — except after a binding mismatch, which leaves the
+    /// channel, or when its [`RejoinPolicy`] gives up.
     pub async fn subscribe(&self) -> Result<()> {
         let id = self.inner.id;
         let wait = self.inner.shared.options.timeout + Duration::from_millis(500);
@@ -348,8 +479,10 @@ impl RealtimeChannel {
         .await
     }
 
-    /// Presence events (sync, join, leave). Registering one enables presence for the channel
-    /// from its next join on, as realtime-js does.
+    /// Presence events (sync, join, leave); each `Sync` carries the state. Registering one
+    /// enables presence for the channel: on a channel that is joined (or joining) without
+    /// presence, by leaving and joining again at once (status `JOINING` then `SUBSCRIBED`),
+    /// as realtime-js and the official Python client do, so that the presence state arrives.
     pub async fn presence_events(&self) -> Result<EventStream<PresenceEvent>> {
         self.listen(EventFilter::Presence, |e| match e {
             ChannelEvent::Presence(p) => Some(Arc::unwrap_or_clone(p)),
@@ -445,12 +578,13 @@ impl RealtimeChannel {
         Ok(())
     }
 
-    /// Call `f` with the reason whenever the channel enters `CHANNEL_ERROR` or `TIMED_OUT`.
-    pub async fn on_error(&self, f: impl Fn(String) + Send + 'static) -> Result<()> {
-        self.on_status(move |s| match s {
-            ChannelStatus::ChannelError { reason } => f(reason),
-            ChannelStatus::TimedOut => f("join timed out".to_owned()),
-            _ => {}
+    /// Call `f` with the error (its [`kind`](Error::kind) and the server's reason) whenever
+    /// the channel enters `CHANNEL_ERROR` or `TIMED_OUT`.
+    pub async fn on_error(&self, f: impl Fn(Error) + Send + 'static) -> Result<()> {
+        self.on_status(move |s| {
+            if let Some(e) = s.to_error() {
+                f(e)
+            }
         })
         .await
     }

@@ -47,14 +47,21 @@
 //! * **Liveness**: a heartbeat is sent every [`ClientOptions::hb_interval`]; if its reply
 //!   does not arrive within [`ClientOptions::heartbeat_timeout`] the socket is closed
 //!   (1000, `heartbeat timeout`) and reconnected. A server that stops answering is thus
-//!   noticed within `hb_interval + heartbeat_timeout`.
+//!   noticed within `hb_interval + heartbeat_timeout`. Channels may ask for a shorter
+//!   interval ([`ChannelConfig::hb_interval`]); the socket beats at the smallest asked, and
+//!   the interval is re-evaluated at runtime as channels are added and removed.
 //! * **Reconnect**: forever by default ([`ClientOptions::max_retries`]), delays doubling
 //!   from [`ClientOptions::initial_backoff`] up to [`ClientOptions::max_backoff`], with
 //!   jitter. On every (re)open, each channel that was subscribed rejoins with a new
 //!   `join_ref`, its `postgres_changes` bindings and its tracked presence; a token provider,
 //!   if any, is asked for a fresh token first.
 //! * **Channel rejoin**: join errors, join timeouts, `phx_error` and (by default) server
-//!   closes are retried after [`ClientOptions::rejoin_backoff`].
+//!   closes are retried after [`ClientOptions::rejoin_backoff`], forever unless the
+//!   channel's [`RejoinPolicy`] (`auto_rejoin`, `max_retries`, `initial_backoff`) gives up.
+//! * **Refused handshakes**: when the server refuses the socket's handshake for the key or
+//!   token (401/403), waiting [`RealtimeChannel::subscribe`] calls fail at once with
+//!   [`ErrorKind::Authorization`] and the server's reason, and the channels report
+//!   `CHANNEL_ERROR` with that kind ([`ChannelStatus::ChannelError`]).
 //! * **Offline pushes**: broadcasts on a channel that is rejoining are buffered per
 //!   [`OfflinePolicy`] and sent in order once joined, or fail at once with
 //!   [`ErrorKind::NotConnected`]. On a channel that was never subscribed,
@@ -83,7 +90,7 @@ mod rest;
 
 pub use auth::{jwt_exp, TokenFuture, TokenProvider};
 pub use broadcast::{BroadcastMessage, BroadcastPayload};
-pub use channel::{ChannelConfig, ChannelStatus, RealtimeChannel};
+pub use channel::{ChannelConfig, ChannelStatus, RealtimeChannel, RejoinPolicy};
 pub use client::RealtimeClient;
 pub use connection::{CloseReason, ConnectionState};
 pub use endpoint::Endpoint;

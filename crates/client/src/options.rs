@@ -77,7 +77,9 @@ pub struct ClientOptions {
     /// Serializer version. Default [`Vsn::V2`].
     pub vsn: Vsn,
     /// Time between heartbeats. Default 25 s (as realtime-js). The server closes sockets that
-    /// are silent for 60 s.
+    /// are silent for 60 s. A channel may ask for shorter heartbeats with
+    /// [`ChannelConfig::hb_interval`](crate::ChannelConfig::hb_interval): the socket then
+    /// beats at the smallest interval asked, while that channel exists.
     pub hb_interval: Duration,
     /// How long a heartbeat may go unanswered before the connection is declared dead, closed
     /// and reconnected. A connection that stops answering is therefore noticed within
@@ -97,7 +99,8 @@ pub struct ClientOptions {
     /// Cap of the reconnect delay. Default 10 s.
     pub max_backoff: Duration,
     /// Rejoin delays of a channel after a join error or timeout, by attempt (the last one
-    /// repeats). Default 1 s, 2 s, 5 s, 10 s (as Phoenix).
+    /// repeats). Default 1 s, 2 s, 5 s, 10 s (as Phoenix). A channel can set its own policy
+    /// (give up after N failures, exponential delays): [`ChannelConfig::rejoin`](crate::ChannelConfig::rejoin).
     pub rejoin_backoff: Vec<Duration>,
     /// Rejoin a channel the server closed (`phx_close` we did not ask for, e.g. after its
     /// token expired), after asking the token provider for a fresh token. Default `true`.

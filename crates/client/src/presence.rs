@@ -4,6 +4,7 @@
 //! implements the Phoenix sync algorithm including diffs that arrive before the state.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use supabase_realtime_protocol::presence::{self as proto, user_meta};
@@ -18,7 +19,12 @@ pub type PresenceState = BTreeMap<String, Vec<Presence>>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum PresenceEvent {
     /// The state is consistent: after the initial state (with held diffs) and after each diff.
-    Sync,
+    Sync {
+        /// The whole presence state at this sync (the value
+        /// [`RealtimeChannel::presence_state`](crate::RealtimeChannel::presence_state) had
+        /// then), shared by every listener.
+        state: Arc<PresenceState>,
+    },
     /// Presences joined `key`.
     Join {
         /// The presence key.
@@ -40,10 +46,13 @@ pub enum PresenceEvent {
 }
 
 impl PresenceEvent {
-    pub(crate) fn from_proto(e: proto::PresenceEvent) -> PresenceEvent {
+    /// `state` is the state after the batch `e` belongs to (carried by `Sync`).
+    pub(crate) fn from_proto(e: proto::PresenceEvent, state: &Arc<PresenceState>) -> PresenceEvent {
         let conv = |v: Vec<proto::Meta>| v.iter().map(user_meta).collect::<Vec<_>>();
         match e {
-            proto::PresenceEvent::Sync => PresenceEvent::Sync,
+            proto::PresenceEvent::Sync => PresenceEvent::Sync {
+                state: state.clone(),
+            },
             proto::PresenceEvent::Join {
                 key,
                 current,

@@ -770,3 +770,259 @@ async fn postgres_changes_end_to_end() {
     );
     drop(server);
 }
+
+/// A handshake refused for the key (401, expired JWT as apikey): `subscribe` fails at once
+/// with Authorization and the server's text instead of waiting for its timeout, and the
+/// channel reports CHANNEL_ERROR with that kind. A disconnected client fails fast too.
+#[tokio::test]
+async fn subscribe_fails_fast_when_the_handshake_is_refused() {
+    let server = Server::start();
+    let opts = fast(Vsn::V2).with_timeout(8000 * MS);
+    let client = RealtimeClient::new(&server.url(), &jwt("anon", -60), opts).unwrap();
+    let ch = client
+        .channel("refused", ChannelConfig::default())
+        .await
+        .unwrap();
+    for attempt in 0..2 {
+        let start = Instant::now();
+        let e = ch.subscribe().await.unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Authorization, "{e:?}");
+        assert!(
+            e.reason().unwrap_or_default().contains("Token has expired"),
+            "{e:?}"
+        );
+        assert!(took < 2000 * MS, "attempt {attempt} took {took:?}");
+        match ch.status() {
+            ChannelStatus::ChannelError { reason, kind } => {
+                assert_eq!(kind, ErrorKind::Authorization);
+                assert!(reason.contains("Token has expired"), "{reason}");
+            }
+            other => panic!("status {other:?}"),
+        }
+        assert_eq!(ch.status().error_kind(), Some(ErrorKind::Authorization));
+    }
+    client.disconnect().await;
+
+    let good = RealtimeClient::connect(&server.url(), ANON, fast(Vsn::V2))
+        .await
+        .unwrap();
+    good.disconnect().await;
+    let ch = good
+        .channel("offline", ChannelConfig::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let e = ch.subscribe().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotConnected, "{e:?}");
+    assert!(start.elapsed() < 1000 * MS);
+    // ...and the channel joins once the client reconnects.
+    good.reconnect().await.unwrap();
+    wait_status(&ch, "SUBSCRIBED", 5000 * MS).await;
+}
+
+/// Join errors carry their kind in the status; `on_error` gets an `Error`.
+#[tokio::test]
+async fn channel_error_status_has_a_kind() {
+    let server = Server::start();
+    let c = RealtimeClient::connect(
+        &server.url(),
+        ANON,
+        fast(Vsn::V2).with_access_token(jwt("authenticated", -10)),
+    )
+    .await
+    .unwrap();
+    let ch = c.channel("kinds", ChannelConfig::default()).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    ch.on_error(move |e| {
+        let _ = tx.send(e);
+    })
+    .await
+    .unwrap();
+    let _ = ch.subscribe().await.unwrap_err();
+    let e = tokio::time::timeout(2000 * MS, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Authorization, "{e:?}");
+    assert!(e.reason().unwrap_or_default().contains("expired"), "{e:?}");
+}
+
+/// Presence enabled on a joined channel (a presence listener added after subscribe) rejoins
+/// it with presence on, so the state arrives; `Sync` carries the state.
+#[tokio::test]
+async fn presence_listener_on_joined_channel_rejoins() {
+    let server = Server::start();
+    let (_a, ca, _b, cb) = pair(&server, Vsn::V2, "late", ChannelConfig::default()).await;
+    ca.subscribe().await.unwrap();
+    cb.subscribe().await.unwrap();
+    cb.track(json!({"name": "bob"})).await.unwrap();
+    let mut statuses = ca.status_changes().await.unwrap();
+    // No presence on a's join: nothing arrives.
+    tokio::time::sleep(300 * MS).await;
+    assert!(ca.presence_state().is_empty());
+
+    let mut presence = ca.presence_events().await.unwrap();
+    let deadline = Instant::now() + 3000 * MS;
+    let state = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no presence state after enabling"
+        );
+        if let Some(PresenceEvent::Sync { state }) = recv(&mut presence, 200 * MS).await {
+            if !state.is_empty() {
+                break state;
+            }
+        }
+    };
+    assert_eq!(state.len(), 1, "{state:?}");
+    let metas = state.values().next().unwrap();
+    assert_eq!(metas[0]["name"], "bob");
+    assert_eq!(*state, ca.presence_state());
+    assert_eq!(ca.status(), ChannelStatus::Subscribed);
+    let seen: Vec<&str> = std::iter::from_fn(|| statuses.try_recv())
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(seen, ["JOINING", "SUBSCRIBED"]);
+    // Events still flow on the new join.
+    let mut on_a = ca.broadcasts("*").await.unwrap();
+    cb.send_broadcast("after", json!(1)).await.unwrap();
+    assert!(recv(&mut on_a, 2000 * MS).await.is_some());
+}
+
+async fn count_statuses(s: &mut EventStream<ChannelStatus>, within: Duration) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Some(st)) = tokio::time::timeout_at(deadline, s.recv()).await {
+        seen.push(st.as_str().to_owned());
+    }
+    seen
+}
+
+/// Per-channel rejoin policy: `max_retries` gives up after that many failed rejoins,
+/// `initial_backoff` sets the first delay, while a channel with the default policy on the
+/// same client keeps retrying.
+#[tokio::test]
+async fn per_channel_max_retries_and_initial_backoff() {
+    let server = Server::start();
+    let c = RealtimeClient::connect(
+        &server.url(),
+        ANON,
+        fast(Vsn::V2)
+            .with_access_token(jwt("authenticated", -10))
+            .with_rejoin_backoff(vec![1500 * MS]),
+    )
+    .await
+    .unwrap();
+    let limited = c
+        .channel(
+            "limited",
+            ChannelConfig::default()
+                .max_retries(Some(2))
+                .initial_backoff(100 * MS),
+        )
+        .await
+        .unwrap();
+    let default = c
+        .channel("unlimited", ChannelConfig::default())
+        .await
+        .unwrap();
+    let mut ls = limited.status_changes().await.unwrap();
+    let mut ds = default.status_changes().await.unwrap();
+    let start = Instant::now();
+    assert!(limited.subscribe().await.is_err());
+    assert!(default.subscribe().await.is_err());
+    let seen = count_statuses(&mut ls, 2500 * MS).await;
+    let joins = seen.iter().filter(|s| *s == "JOINING").count();
+    // first join + 2 retries (after 100 ms and 200 ms), then it gives up.
+    assert_eq!(joins, 3, "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("CHANNEL_ERROR"));
+    assert!(start.elapsed() < 4000 * MS);
+    // it stays given up: not joined, sends refused.
+    let e = limited.send_broadcast("x", json!(1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotConnected, "{e:?}");
+    let more = count_statuses(&mut ls, 500 * MS).await;
+    assert!(more.is_empty(), "{more:?}");
+    // the default channel uses the client's table (1.5 s) and keeps going.
+    let seen = count_statuses(&mut ds, 2000 * MS).await;
+    assert!(
+        seen.iter().filter(|s| *s == "JOINING").count() >= 1,
+        "{seen:?}"
+    );
+    assert!(default.status().error_kind().is_some());
+}
+
+/// `auto_rejoin(false)`: after a connection loss the channel is not rejoined, while the
+/// other channels of the client are; subscribing again works.
+#[tokio::test]
+async fn per_channel_auto_rejoin_off_after_connection_loss() {
+    let mut server = Server::start();
+    let c = RealtimeClient::connect(&server.url(), ANON, fast(Vsn::V2))
+        .await
+        .unwrap();
+    let once = c
+        .channel("once", ChannelConfig::default().auto_rejoin(false))
+        .await
+        .unwrap();
+    let keeps = c.channel("keeps", ChannelConfig::default()).await.unwrap();
+    once.subscribe().await.unwrap();
+    keeps.subscribe().await.unwrap();
+    server.kill();
+    wait_status(&once, "CHANNEL_ERROR", 5000 * MS).await;
+    server.restart();
+    wait_status(&keeps, "SUBSCRIBED", 10_000 * MS).await;
+    tokio::time::sleep(500 * MS).await;
+    assert_eq!(
+        once.status(),
+        ChannelStatus::ChannelError {
+            reason: "connection lost".into(),
+            kind: ErrorKind::NotConnected
+        }
+    );
+    let e = once.send_broadcast("x", json!(1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotConnected);
+    once.subscribe().await.unwrap();
+}
+
+/// A channel's `hb_interval` shorter than the client's drives the socket's heartbeat at
+/// runtime; removing the channel restores the client's interval.
+#[tokio::test]
+async fn channel_hb_interval_drives_the_socket_heartbeat() {
+    let server = Server::start();
+    let c = RealtimeClient::connect(
+        &server.url(),
+        ANON,
+        fast(Vsn::V2).with_hb_interval(Duration::from_secs(25)),
+    )
+    .await
+    .unwrap();
+    let mut events = c.events().await.unwrap();
+    let beats = |events: &mut EventStream<ClientEvent, ClientEvent>| {
+        std::iter::from_fn(|| events.try_recv())
+            .filter(|e| matches!(e, ClientEvent::Heartbeat { .. }))
+            .count()
+    };
+    tokio::time::sleep(600 * MS).await;
+    assert_eq!(beats(&mut events), 0);
+    let fast_ch = c
+        .channel("ticker", ChannelConfig::default().hb_interval(150 * MS))
+        .await
+        .unwrap();
+    let slow_ch = c
+        .channel(
+            "chat",
+            ChannelConfig::default().hb_interval(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    fast_ch.subscribe().await.unwrap();
+    slow_ch.subscribe().await.unwrap();
+    tokio::time::sleep(1200 * MS).await;
+    let n = beats(&mut events);
+    assert!(n >= 5, "only {n} heartbeats in 1.2 s at 150 ms");
+    c.remove_channel(&fast_ch).await.unwrap();
+    tokio::time::sleep(200 * MS).await;
+    let _ = beats(&mut events);
+    tokio::time::sleep(1000 * MS).await;
+    assert_eq!(beats(&mut events), 0, "back to the client's 25 s");
+}

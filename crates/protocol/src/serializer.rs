@@ -74,24 +74,57 @@ impl Serializer {
 
     /// Encode a message the server sends. Serializer 1.0.0 never includes `join_ref`.
     pub fn encode_server_message(self, m: &Message) -> WireFrame {
-        WireFrame::Text(match self {
+        let mut payload = String::new();
+        push_json(&mut payload, &m.payload);
+        self.encode_server_raw(
+            m.join_ref.as_deref(),
+            m.msg_ref.as_deref(),
+            &m.topic,
+            &m.event,
+            &payload,
+        )
+    }
+
+    /// Encode a server message whose payload is already JSON text, so that a payload shared by
+    /// many frames is serialized once. `payload_json` must be valid JSON.
+    pub fn encode_server_raw(
+        self,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload_json: &str,
+    ) -> WireFrame {
+        let mut s = String::with_capacity(48 + topic.len() + event.len() + payload_json.len());
+        match self {
             Serializer::V1 => {
                 // Key order as the upstream server's JSON library writes small maps (sorted),
                 // so captures from either server compare equal.
-                let mut s = String::with_capacity(64 + m.topic.len());
                 s.push_str("{\"event\":");
-                push_json_str(&mut s, &m.event);
+                push_json_str(&mut s, event);
                 s.push_str(",\"payload\":");
-                push_json(&mut s, &m.payload);
+                s.push_str(payload_json);
                 s.push_str(",\"ref\":");
-                push_opt_str(&mut s, m.msg_ref.as_deref());
+                push_opt_str(&mut s, msg_ref);
                 s.push_str(",\"topic\":");
-                push_json_str(&mut s, &m.topic);
+                push_json_str(&mut s, topic);
                 s.push('}');
-                s
             }
-            Serializer::V2 => encode_array(m),
-        })
+            Serializer::V2 => {
+                s.push('[');
+                push_opt_str(&mut s, join_ref);
+                s.push(',');
+                push_opt_str(&mut s, msg_ref);
+                s.push(',');
+                push_json_str(&mut s, topic);
+                s.push(',');
+                push_json_str(&mut s, event);
+                s.push(',');
+                s.push_str(payload_json);
+                s.push(']');
+            }
+        }
+        WireFrame::Text(s)
     }
 
     /// Encode a message a client sends.

@@ -7,8 +7,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use supabase_realtime::{
-    BroadcastPayload, ChannelStatus, ConnectionState, Error, ErrorKind, PostgresChangesFilter,
-    PostgresEvent, RealtimeChannel, RealtimeClient,
+    BroadcastPayload, ChannelStatus, Error, ErrorKind, PostgresChangesFilter, PostgresEvent,
+    RealtimeChannel,
 };
 
 use crate::client::awaitable;
@@ -31,40 +31,18 @@ struct Listeners {
 #[pyclass(frozen, module = "supabase_realtime._native")]
 pub(crate) struct NativeChannel {
     pub(crate) inner: RealtimeChannel,
-    client: RealtimeClient,
     dispatcher: Arc<Dispatcher>,
     listeners: Mutex<Listeners>,
 }
 
-/// Fails when the client can never open for this subscribe: the server refused the
-/// handshake for the key/token (authorization), or the client is closed. Otherwise pends.
-async fn refused(client: RealtimeClient) -> Error {
-    loop {
-        match client.wait_open().await {
-            Ok(()) => std::future::pending::<()>().await,
-            Err(e) if e.kind() == ErrorKind::Authorization => return e,
-            Err(e) if matches!(client.connection_state(), ConnectionState::Closed { .. }) => {
-                return e
-            }
-            Err(_) => continue,
-        }
-    }
-}
-
-/// Subscribe, failing on a refused handshake too; on failure optionally leave the channel
-/// so it does not keep retrying in the background.
+/// Subscribe (the client crate fails fast on a refused handshake or a closed client); on
+/// failure optionally leave the channel so it does not keep retrying in the background.
 async fn subscribe(
-    client: RealtimeClient,
     channel: RealtimeChannel,
     timeout: Option<Duration>,
     leave_on_error: bool,
 ) -> Result<(), Error> {
-    let joined = async {
-        tokio::select! {
-            r = channel.subscribe() => r,
-            e = refused(client.clone()) => Err(e),
-        }
-    };
+    let joined = channel.subscribe();
     let r = match timeout {
         Some(t) => tokio::time::timeout(t, joined).await.unwrap_or_else(|_| {
             Err(Error::new(
@@ -113,14 +91,9 @@ fn ms(timeout_ms: Option<f64>) -> Option<Duration> {
 }
 
 impl NativeChannel {
-    pub(crate) fn new(
-        inner: RealtimeChannel,
-        client: RealtimeClient,
-        dispatcher: Arc<Dispatcher>,
-    ) -> Self {
+    pub(crate) fn new(inner: RealtimeChannel, dispatcher: Arc<Dispatcher>) -> Self {
         NativeChannel {
             inner,
-            client,
             dispatcher,
             listeners: Mutex::new(Listeners::default()),
         }
@@ -176,11 +149,7 @@ impl NativeChannel {
     /// The reason of a `CHANNEL_ERROR` or server `CLOSED` status.
     #[getter]
     fn status_reason(&self) -> Option<String> {
-        match self.inner.status() {
-            ChannelStatus::ChannelError { reason } => Some(reason),
-            ChannelStatus::Closed { reason } => reason,
-            _ => None,
-        }
+        self.inner.status().reason().map(str::to_owned)
     }
 
     /// Presence: `{key: [presence, ...]}`, each presence the tracked state plus `presence_ref`.
@@ -204,12 +173,7 @@ impl NativeChannel {
         timeout_ms: Option<f64>,
         leave_on_error: bool,
     ) -> PyResult<()> {
-        let fut = subscribe(
-            self.client.clone(),
-            self.inner.clone(),
-            ms(timeout_ms),
-            leave_on_error,
-        );
+        let fut = subscribe(self.inner.clone(), ms(timeout_ms), leave_on_error);
         wait(py, fut)?.map_err(to_pyerr)
     }
 
@@ -222,12 +186,7 @@ impl NativeChannel {
     ) -> PyResult<Bound<'py, PyAny>> {
         awaitable(
             py,
-            subscribe(
-                self.client.clone(),
-                self.inner.clone(),
-                ms(timeout_ms),
-                leave_on_error,
-            ),
+            subscribe(self.inner.clone(), ms(timeout_ms), leave_on_error),
         )
     }
 
@@ -356,7 +315,7 @@ impl NativeChannel {
                 let ch = me.inner.clone();
                 let stream =
                     wait(py, async move { ch.presence_events().await })?.map_err(to_pyerr)?;
-                me.dispatcher.forward_presence(stream, hs, me.inner.clone());
+                me.dispatcher.forward(stream, hs, Event::Presence);
                 Ok(())
             },
         )

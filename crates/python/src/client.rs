@@ -12,7 +12,7 @@ use pyo3::types::PyDict;
 use supabase_realtime::{ConnectionState, Error, RealtimeClient};
 
 use crate::channel::NativeChannel;
-use crate::dispatch::{Dispatcher, Handler, Mode, Shape, SharedClientHandlers};
+use crate::dispatch::{set_open, Dispatcher, Handler, Mode, Shape, SharedClientHandlers};
 use crate::errors::to_pyerr;
 use crate::options::{channel_config, client_options};
 use crate::runtime::{runtime, wait};
@@ -62,7 +62,7 @@ impl NativeClient {
     }
 
     fn wrap(&self, ch: supabase_realtime::RealtimeChannel) -> NativeChannel {
-        NativeChannel::new(ch, self.inner.clone(), self.dispatcher.clone())
+        NativeChannel::new(ch, self.dispatcher.clone())
     }
 }
 
@@ -90,8 +90,14 @@ impl NativeClient {
         } else {
             Mode::Sync
         };
+        // A round trip through the connection task (commands are handled in order): after
+        // it the event stream is registered, so the state says whether an `Open` went out
+        // before it.
+        let c = inner.clone();
+        wait(py, async move { c.channels().await })?.map_err(to_pyerr)?;
         let dispatcher = Arc::new(Dispatcher::start(mode)?);
         let client_handlers = SharedClientHandlers::default();
+        set_open(&client_handlers, inner.is_connected());
         dispatcher.forward_client(events, client_handlers.clone());
         Ok(NativeClient {
             inner,

@@ -25,12 +25,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use supabase_realtime::{
     BroadcastMessage, ChannelStatus, ClientEvent, EventStream, PostgresChange, PresenceEvent,
-    PresenceState, RealtimeChannel, SystemMessage,
+    SystemMessage,
 };
 use tokio::sync::mpsc;
 
 use crate::convert::{map_to_py, payload_to_py, presences_to_py, to_py};
-use crate::errors::{channel_error_value, exception_value, new_exception};
+use crate::errors::{exception_value, status_error_value};
 use crate::runtime::runtime;
 
 /// Most items handed to Python in one attach.
@@ -111,8 +111,8 @@ pub(crate) struct Handler {
 #[derive(Debug)]
 pub(crate) enum Event {
     Broadcast(BroadcastMessage),
-    /// A presence event; `Sync` carries the state at the time it was forwarded.
-    Presence(PresenceEvent, Option<PresenceState>),
+    /// A presence event; `Sync` carries the state at that sync.
+    Presence(PresenceEvent),
     Postgres(PostgresChange),
     System(SystemMessage),
     Status(ChannelStatus),
@@ -126,16 +126,16 @@ impl Handler {
                 Shape::BroadcastUser { event, .. } | Shape::BroadcastOfficial { event },
                 Event::Broadcast(m),
             ) => m.matches(event),
-            (Shape::PresenceSpec { kind }, Event::Presence(p, _)) => matches!(
+            (Shape::PresenceSpec { kind }, Event::Presence(p)) => matches!(
                 (kind, p),
                 (PresenceKind::All, _)
-                    | (PresenceKind::Sync, PresenceEvent::Sync)
+                    | (PresenceKind::Sync, PresenceEvent::Sync { .. })
                     | (PresenceKind::Join, PresenceEvent::Join { .. })
                     | (PresenceKind::Leave, PresenceEvent::Leave { .. })
             ),
-            (Shape::PresenceSync, Event::Presence(PresenceEvent::Sync, _)) => true,
-            (Shape::PresenceJoin, Event::Presence(PresenceEvent::Join { .. }, _)) => true,
-            (Shape::PresenceLeave, Event::Presence(PresenceEvent::Leave { .. }, _)) => true,
+            (Shape::PresenceSync, Event::Presence(PresenceEvent::Sync { .. })) => true,
+            (Shape::PresenceJoin, Event::Presence(PresenceEvent::Join { .. })) => true,
+            (Shape::PresenceLeave, Event::Presence(PresenceEvent::Leave { .. })) => true,
             (Shape::PostgresSpec | Shape::PostgresOfficial, Event::Postgres(_)) => true,
             (Shape::SystemSpec | Shape::SystemOfficial, Event::System(_)) => true,
             (Shape::SubscribeState, Event::Status(s)) => matches!(
@@ -175,24 +175,23 @@ impl Handler {
             (Shape::BroadcastOfficial { .. }, Event::Broadcast(m)) => {
                 PyTuple::new(py, [broadcast_official(py, m, false)?])
             }
-            (Shape::PresenceSpec { .. }, Event::Presence(p, state)) => {
-                PyTuple::new(py, [presence_spec(py, p, state.as_ref())?])
+            (Shape::PresenceSpec { .. }, Event::Presence(p)) => {
+                PyTuple::new(py, [presence_spec(py, p)?])
             }
             (Shape::PresenceSync, _) => Ok(PyTuple::empty(py)),
-            (
-                Shape::PresenceJoin,
-                Event::Presence(PresenceEvent::Join { key, current, new }, _),
-            ) => PyTuple::new(
-                py,
-                [
-                    key.into_pyobject(py)?.into_any(),
-                    presences_to_py(py, current)?.into_any(),
-                    presences_to_py(py, new)?.into_any(),
-                ],
-            ),
+            (Shape::PresenceJoin, Event::Presence(PresenceEvent::Join { key, current, new })) => {
+                PyTuple::new(
+                    py,
+                    [
+                        key.into_pyobject(py)?.into_any(),
+                        presences_to_py(py, current)?.into_any(),
+                        presences_to_py(py, new)?.into_any(),
+                    ],
+                )
+            }
             (
                 Shape::PresenceLeave,
-                Event::Presence(PresenceEvent::Leave { key, current, left }, _),
+                Event::Presence(PresenceEvent::Leave { key, current, left }),
             ) => PyTuple::new(
                 py,
                 [
@@ -233,23 +232,13 @@ impl Handler {
                     .getattr("RealtimeSubscribeStates")?;
                 let state = cls.call1((s.as_str(),))?;
                 let err = match s {
-                    ChannelStatus::ChannelError { reason } => channel_error_value(py, reason)?,
+                    ChannelStatus::ChannelError { .. } => status_error_value(py, s)?,
                     _ => py.None().into_bound(py),
                 };
                 PyTuple::new(py, [state, err])
             }
             (Shape::ChannelError, Event::Status(s)) => {
-                let err = match s {
-                    ChannelStatus::ChannelError { reason } => channel_error_value(py, reason)?,
-                    _ => new_exception(
-                        py,
-                        "RealtimeTimeoutError",
-                        "the join timed out; retrying",
-                        None,
-                        "timeout",
-                    )?,
-                };
-                PyTuple::new(py, [err])
+                PyTuple::new(py, [status_error_value(py, s)?])
             }
             (
                 Shape::ChannelClose { with_reason },
@@ -298,20 +287,14 @@ fn broadcast_official<'py>(
 }
 
 /// The dict a spec-style presence callback receives.
-fn presence_spec<'py>(
-    py: Python<'py>,
-    p: &PresenceEvent,
-    state: Option<&PresenceState>,
-) -> PyResult<Bound<'py, PyAny>> {
+fn presence_spec<'py>(py: Python<'py>, p: &PresenceEvent) -> PyResult<Bound<'py, PyAny>> {
     let d = PyDict::new(py);
     match p {
-        PresenceEvent::Sync => {
+        PresenceEvent::Sync { state } => {
             d.set_item("event", "sync")?;
             let presences = PyDict::new(py);
-            if let Some(state) = state {
-                for (k, v) in state {
-                    presences.set_item(k, presences_to_py(py, v)?)?;
-                }
+            for (k, v) in state.iter() {
+                presences.set_item(k, presences_to_py(py, v)?)?;
             }
             d.set_item("presences", presences)?;
         }
@@ -408,6 +391,14 @@ pub(crate) struct ClientHandlers {
 
 /// Shared [`ClientHandlers`].
 pub(crate) type SharedClientHandlers = Arc<Mutex<ClientHandlers>>;
+
+/// Record that the socket is open before the forwarder starts (its `Open` event may have
+/// gone out before the event stream was registered).
+pub(crate) fn set_open(shared: &SharedClientHandlers, open: bool) {
+    if let Ok(mut g) = shared.lock() {
+        g.open = open;
+    }
+}
 
 /// Where a client's callbacks run.
 pub(crate) enum Mode {
@@ -513,6 +504,8 @@ impl Dispatcher {
                     let mut items = Vec::new();
                     for raw in batch {
                         match raw {
+                            // Already known open (see `set_open`): this Open was seen.
+                            ClientEvent::Open if g.open => continue,
                             ClientEvent::Open => g.open = true,
                             ClientEvent::Close { .. } => g.open = false,
                             _ => {}
@@ -554,44 +547,6 @@ impl Dispatcher {
                 });
             }
         }
-    }
-
-    /// Like [`forward`](Self::forward) for presence: `Sync` events carry `channel`'s state.
-    pub(crate) fn forward_presence(
-        &self,
-        mut stream: EventStream<PresenceEvent>,
-        handlers: Handlers,
-        channel: RealtimeChannel,
-    ) {
-        let tx = self.tx.clone();
-        runtime().spawn(async move {
-            loop {
-                let batch = stream.recv_many(FORWARD_BATCH).await;
-                if batch.is_empty() {
-                    return;
-                }
-                let hs: Vec<Arc<Handler>> = match handlers.lock() {
-                    Ok(g) => g.clone(),
-                    Err(_) => return,
-                };
-                let mut items = Vec::new();
-                for p in batch {
-                    let state = matches!(p, PresenceEvent::Sync).then(|| channel.presence_state());
-                    let event = Arc::new(Event::Presence(p, state));
-                    for h in &hs {
-                        if h.wants(&event) {
-                            items.push(Item {
-                                handler: h.clone(),
-                                event: event.clone(),
-                            });
-                        }
-                    }
-                }
-                if !items.is_empty() && tx.send(items).await.is_err() {
-                    return;
-                }
-            }
-        });
     }
 }
 

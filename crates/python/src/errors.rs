@@ -5,7 +5,7 @@
 //! pickle); each carries `message`, `reason` (the server's, verbatim, or `None`) and `kind`.
 
 use pyo3::prelude::*;
-use supabase_realtime::{Error, ErrorKind};
+use supabase_realtime::{ChannelStatus, Error, ErrorKind};
 
 /// The exception class name for an error kind.
 pub(crate) fn class_name(kind: ErrorKind) -> &'static str {
@@ -70,32 +70,23 @@ pub(crate) fn to_pyerr(e: Error) -> PyErr {
     })
 }
 
-/// Join error reasons that mean "your token or your rights" (as the client crate decides
-/// for `subscribe()` errors; status events only carry the reason string).
-pub(crate) fn is_auth_reason(reason: &str) -> bool {
-    const MARKERS: [&str; 9] = [
-        "InvalidJWTToken",
-        "MalformedJWT",
-        "JwtSignatureError",
-        "JwtSignerError",
-        "Unauthorized",
-        "Token has expired",
-        "not a valid JWT",
-        "permission",
-        "are required in JWT",
-    ];
-    MARKERS.iter().any(|m| reason.contains(m))
-}
-
-/// The exception value for a channel that went to `CHANNEL_ERROR` with `reason`.
-pub(crate) fn channel_error_value<'py>(
+/// The exception value for a channel status of `CHANNEL_ERROR` / `TIMED_OUT`: the class
+/// follows the status's `ErrorKind` (e.g. `AuthorizationError` for a token/RLS refusal).
+pub(crate) fn status_error_value<'py>(
     py: Python<'py>,
-    reason: &str,
+    status: &ChannelStatus,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (class, kind) = if is_auth_reason(reason) {
-        ("AuthorizationError", "authorization")
-    } else {
-        ("ChannelError", "channel_error")
-    };
-    new_exception(py, class, reason, Some(reason), kind)
+    match (status, status.error_kind()) {
+        (ChannelStatus::ChannelError { reason, .. }, Some(kind)) => {
+            new_exception(py, class_name(kind), reason, Some(reason), kind_name(kind))
+        }
+        (_, Some(kind)) => new_exception(
+            py,
+            class_name(kind),
+            "the join timed out; retrying",
+            None,
+            kind_name(kind),
+        ),
+        (_, None) => Ok(py.None().into_bound(py)),
+    }
 }

@@ -123,7 +123,11 @@ pub(crate) fn client_options(d: Option<&Bound<'_, PyDict>>) -> PyResult<ClientOp
 }
 
 /// Channel config from the normalised dict `{"broadcast": {"self", "ack", "replay":
-/// {"since", "limit"}}, "presence": {"key", "enabled"}, "private"}`.
+/// {"since", "limit"}}, "presence": {"key", "enabled"}, "private"}` plus the channel
+/// options `auto_reconnect` (bool: rejoin after failures), `max_retries` (int or None =
+/// forever: failures in a row before the channel gives up), `initial_backoff` (s: first
+/// rejoin delay, doubling) and `hb_interval` (ms: the socket beats at the smallest
+/// `hb_interval` of the client and its channels).
 pub(crate) fn channel_config(d: Option<&Bound<'_, PyDict>>) -> PyResult<ChannelConfig> {
     let mut c = ChannelConfig::default();
     let Some(d) = d else { return Ok(c) };
@@ -162,6 +166,18 @@ pub(crate) fn channel_config(d: Option<&Bound<'_, PyDict>>) -> PyResult<ChannelC
     }
     if let Some(v) = get(d, "private")? {
         c.private = v.is_truthy()?;
+    }
+    if let Some(v) = get(d, "auto_reconnect")? {
+        c.rejoin.auto_rejoin = v.extract()?;
+    }
+    if let Some(v) = get(d, "max_retries")? {
+        c.rejoin.max_retries = Some(v.extract()?);
+    }
+    if let Some(v) = get(d, "initial_backoff")? {
+        c.rejoin.initial_backoff = Some(secs(&v, "initial_backoff")?);
+    }
+    if let Some(v) = get(d, "hb_interval")? {
+        c.hb_interval = Some(ms(&v, "hb_interval")?.max(Duration::from_millis(10)));
     }
     Ok(c)
 }

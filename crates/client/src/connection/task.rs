@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::time::{delay_queue, DelayQueue};
 
-use super::backoff::rejoin_delay;
+use super::backoff::{reconnect_delay, rejoin_delay};
 use super::state::{CloseReason, ConnectionState, Input, ReconnectPolicy};
 use super::{ChannelId, ChannelParts, Command, PushKind, PushOutcome};
 use crate::auth::refresh_delay;
@@ -75,7 +75,7 @@ pub(crate) fn spawn(
         initial_backoff: options.initial_backoff,
         max_backoff: options.max_backoff,
     };
-    let task = Task {
+    let mut task = Task {
         serializer: options.vsn.serializer(),
         token: options.access_token.clone(),
         options,
@@ -104,7 +104,10 @@ pub(crate) fn spawn(
         topics: HashMap::new(),
         client_subs: Vec::new(),
         open_waiters: Vec::new(),
+        last_connect_error: None,
+        hb_interval: Duration::ZERO,
     };
+    task.hb_interval = task.wanted_hb_interval();
     rt.spawn(task.run());
     TaskParts {
         state,
@@ -205,6 +208,9 @@ struct ChannelEntry {
     buffer: VecDeque<Buffered>,
     subscribe_waiters: Vec<Waiter>,
     rejoin_attempt: u32,
+    /// Failures in a row (join refused or timed out, `phx_error`, server close, connection
+    /// lost), for the channel's [`RejoinPolicy`](crate::RejoinPolicy).
+    failures: u32,
     rejoin_gen: u64,
     last_system_error: Option<String>,
 }
@@ -253,11 +259,11 @@ impl ChannelEntry {
         if events.is_empty() {
             return;
         }
-        self.presence_tx
-            .send_replace(Arc::new(self.presence.user_state()));
+        let state = Arc::new(self.presence.user_state());
+        self.presence_tx.send_replace(state.clone());
         for e in events {
             self.dispatch(
-                ChannelEvent::Presence(Arc::new(PresenceEvent::from_proto(e))),
+                ChannelEvent::Presence(Arc::new(PresenceEvent::from_proto(e, &state))),
                 &[],
             );
         }
@@ -306,6 +312,10 @@ struct Task {
     topics: HashMap<String, ChannelId>,
     client_subs: Vec<Subscriber<ClientEvent>>,
     open_waiters: Vec<Waiter>,
+    /// The last handshake's error while the socket is not open (cleared when it opens).
+    last_connect_error: Option<Error>,
+    /// The heartbeat interval in force: the smallest of the client's and the channels'.
+    hb_interval: Duration,
 }
 
 async fn next_frame(
@@ -383,6 +393,13 @@ async fn writer(
             return;
         }
     }
+}
+
+/// A heartbeat timer whose first tick is one interval from now.
+fn heartbeat_interval(hb: Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
 }
 
 fn connect_error(e: tungstenite::Error) -> Error {
@@ -486,6 +503,9 @@ impl Task {
                 let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
                 for id in ids {
                     self.fail_buffer(id, err.clone());
+                    if let Some(ch) = self.channels.get_mut(&id) {
+                        ch.answer_subscribers(Err(err.clone()));
+                    }
                 }
             }
         }
@@ -518,10 +538,15 @@ impl Task {
                 for w in self.open_waiters.drain(..) {
                     let _ = w.send(Err(e.clone()));
                 }
+                if e.kind() == ErrorKind::Authorization {
+                    self.refuse_waiting_channels(&e);
+                }
+                self.last_connect_error = Some(e);
                 self.transition(Input::ConnectFailed);
                 return;
             }
         };
+        self.last_connect_error = None;
         if !matches!(self.state, ConnectionState::Connecting { .. }) {
             return;
         }
@@ -532,10 +557,7 @@ impl Task {
         self.io.writer = Some(tx);
         self.io.writer_failed = Some(failed_rx);
         self.io.reader = Some(stream);
-        let hb = self.options.hb_interval.max(Duration::from_millis(10));
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        self.io.heartbeat = Some(interval);
+        self.io.heartbeat = Some(heartbeat_interval(self.hb_interval));
         self.transition(Input::Opened);
         self.emit(ClientEvent::Open);
         for w in self.open_waiters.drain(..) {
@@ -551,8 +573,50 @@ impl Task {
         }
     }
 
-    /// Drop the socket's I/O and everything that was in flight on it.
-    fn teardown(&mut self) {
+    /// The handshake was refused for the key or token: every channel waiting for the socket
+    /// goes to `CHANNEL_ERROR` with the server's reason and its `subscribe` calls fail now
+    /// instead of at their timeout. The channels keep waiting for the socket.
+    fn refuse_waiting_channels(&mut self, e: &Error) {
+        let reason = e.reason().unwrap_or(e.message()).to_owned();
+        for ch in self.channels.values_mut() {
+            if matches!(ch.phase, Phase::Errored) {
+                ch.set_status(ChannelStatus::ChannelError {
+                    reason: reason.clone(),
+                    kind: e.kind(),
+                });
+                ch.answer_subscribers(Err(e.clone()));
+            }
+        }
+    }
+
+    /// The heartbeat interval the client and its channels ask for: the smallest of
+    /// [`ClientOptions::hb_interval`] and every channel's
+    /// [`ChannelConfig::hb_interval`](crate::ChannelConfig::hb_interval), at least 10 ms.
+    fn wanted_hb_interval(&self) -> Duration {
+        self.channels
+            .values()
+            .filter_map(|c| c.config.hb_interval)
+            .fold(self.options.hb_interval, Duration::min)
+            .max(Duration::from_millis(10))
+    }
+
+    /// Apply a changed [`wanted_hb_interval`](Self::wanted_hb_interval) to the open socket
+    /// at once (the next heartbeat is one new interval from now).
+    fn refresh_hb_interval(&mut self) {
+        let hb = self.wanted_hb_interval();
+        if hb == self.hb_interval {
+            return;
+        }
+        tracing::debug!(old = ?self.hb_interval, new = ?hb, "heartbeat interval");
+        self.hb_interval = hb;
+        if self.io.heartbeat.is_some() {
+            self.io.heartbeat = Some(heartbeat_interval(hb));
+        }
+    }
+
+    /// Drop the socket's I/O and everything that was in flight on it. `lost`: the socket
+    /// failed (not closed on purpose), which counts as a failure of each joined channel.
+    fn teardown(&mut self, lost: bool) {
         self.io.reader = None;
         self.io.writer = None;
         self.io.writer_failed = None;
@@ -576,13 +640,21 @@ impl Task {
                 PendingKind::Join { .. } | PendingKind::Leave { .. } => {}
             }
         }
+        let mut gave_up = Vec::new();
         for ch in self.channels.values_mut() {
             match std::mem::replace(&mut ch.phase, Phase::Idle) {
-                Phase::Joining { .. } | Phase::Joined { .. } | Phase::Errored => {
+                phase @ (Phase::Joining { .. } | Phase::Joined { .. } | Phase::Errored) => {
+                    if lost && !matches!(phase, Phase::Errored) {
+                        ch.failures = ch.failures.saturating_add(1);
+                    }
                     ch.phase = Phase::Errored;
                     ch.set_status(ChannelStatus::ChannelError {
                         reason: "connection lost".to_owned(),
+                        kind: ErrorKind::NotConnected,
                     });
+                    if lost && ch.config.rejoin.gives_up(ch.failures) {
+                        gave_up.push(ch.id);
+                    }
                 }
                 Phase::Leaving { waiters, .. } => {
                     for w in waiters {
@@ -594,6 +666,9 @@ impl Task {
                 Phase::Idle => {}
             }
         }
+        for id in gave_up {
+            self.give_up(id);
+        }
     }
 
     fn on_dropped(&mut self, code: Option<u16>, reason: String) {
@@ -601,7 +676,7 @@ impl Task {
             return;
         }
         tracing::info!(?code, %reason, "realtime socket closed");
-        self.teardown();
+        self.teardown(true);
         self.emit(ClientEvent::Close { code, reason });
         self.transition(Input::Dropped);
     }
@@ -617,7 +692,7 @@ impl Task {
         // Let the writer flush the close frame on its own; do not abort it.
         self.io.writer_task = None;
         let was_open = self.state.is_open();
-        self.teardown();
+        self.teardown(false);
         if was_open {
             self.emit(ClientEvent::Close {
                 code: Some(1000),
@@ -758,6 +833,34 @@ impl Task {
         self.add_pending(r.clone(), PendingKind::Join { id, join_ref: r });
     }
 
+    /// Leave the current join of a joined/joining channel and join again at once, e.g. to
+    /// enable presence. Status goes `JOINING` → `SUBSCRIBED`; a pending `subscribe` is
+    /// answered by the new join.
+    fn rejoin_now(&mut self, id: ChannelId) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let join_ref = match &ch.phase {
+            Phase::Joined { join_ref } | Phase::Joining { join_ref } => join_ref.clone(),
+            _ => return,
+        };
+        let topic = ch.topic.clone();
+        ch.reset_presence();
+        tracing::debug!(%topic, "rejoining with presence enabled");
+        if let Some(p) = self.pending.remove(&join_ref) {
+            self.timers.try_remove(&p.timer);
+        }
+        let r = self.next_ref();
+        self.write_message(&Message::new(
+            Some(join_ref),
+            Some(r),
+            topic,
+            ev::PHX_LEAVE,
+            json!({}),
+        ));
+        self.join(id);
+    }
+
     fn rejoin_all(&mut self) {
         let mut ids: Vec<ChannelId> = self
             .channels
@@ -771,16 +874,57 @@ impl Task {
         }
     }
 
+    /// The channel failed: rejoin after its delay, unless its rejoin policy gives up.
     fn schedule_rejoin(&mut self, id: ChannelId) {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        ch.phase = Phase::Errored;
         ch.rejoin_gen += 1;
-        let delay = rejoin_delay(ch.rejoin_attempt, &self.options.rejoin_backoff);
+        ch.failures = ch.failures.saturating_add(1);
+        if ch.config.rejoin.gives_up(ch.failures) {
+            return self.give_up(id);
+        }
+        ch.phase = Phase::Errored;
+        let delay = match ch.config.rejoin.initial_backoff {
+            Some(first) => reconnect_delay(
+                ch.rejoin_attempt,
+                first,
+                self.options.max_backoff.max(first),
+                1.0,
+            ),
+            None => rejoin_delay(ch.rejoin_attempt, &self.options.rejoin_backoff),
+        };
         ch.rejoin_attempt = ch.rejoin_attempt.saturating_add(1);
         let gen = ch.rejoin_gen;
         self.timers.insert(Timer::Rejoin { id, gen }, delay);
+    }
+
+    /// The channel's rejoin policy gave up: it stays in its error status, not joined, until
+    /// `subscribe` is called again; waiting `subscribe` calls and buffered pushes fail.
+    fn give_up(&mut self, id: ChannelId) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        ch.phase = Phase::Idle;
+        ch.rejoin_gen += 1;
+        ch.reset_presence();
+        let status = ch.status_tx.borrow().clone();
+        let kind = status.error_kind().unwrap_or(ErrorKind::ChannelError);
+        let mut err = Error::new(
+            kind,
+            format!(
+                "{} stopped rejoining after {} failure(s) in a row (its rejoin policy)",
+                ch.topic, ch.failures
+            ),
+        );
+        if let Some(r) = status.reason() {
+            err = err.with_reason(r);
+        }
+        tracing::info!(topic = %ch.topic, failures = ch.failures, "channel gave up rejoining");
+        ch.failures = 0;
+        ch.rejoin_attempt = 0;
+        ch.answer_subscribers(Err(err.clone()));
+        self.fail_buffer(id, err);
     }
 
     fn on_join_reply(&mut self, id: ChannelId, join_ref: String, status: Status, response: &Value) {
@@ -800,6 +944,7 @@ impl Task {
                         join_ref: join_ref.clone(),
                     };
                     ch.rejoin_attempt = 0;
+                    ch.failures = 0;
                     ch.last_system_error = None;
                     ch.set_status(ChannelStatus::Subscribed);
                     ch.answer_subscribers(Ok(()));
@@ -814,6 +959,7 @@ impl Task {
                     ch.phase = Phase::Idle;
                     ch.set_status(ChannelStatus::ChannelError {
                         reason: e.message().to_owned(),
+                        kind: e.kind(),
                     });
                     ch.answer_subscribers(Err(e.clone()));
                     let r = self.next_ref();
@@ -841,6 +987,7 @@ impl Task {
                 );
                 ch.set_status(ChannelStatus::ChannelError {
                     reason: reason.clone(),
+                    kind: err.kind(),
                 });
                 ch.answer_subscribers(Err(err));
                 self.schedule_rejoin(id);
@@ -1062,7 +1209,23 @@ impl Task {
         }
         match (&ch.phase, &kind) {
             (_, PushKind::Track(_) | PushKind::Untrack) => Ok(PushOutcome::Done),
-            (Phase::Idle, PushKind::Broadcast { .. }) => Ok(PushOutcome::UseRest),
+            (Phase::Idle, PushKind::Broadcast { .. }) => {
+                // Idle after a failure (rejoin policy gave up, bindings mismatched, closed by
+                // the server): the user expects the channel, not REST.
+                let status = ch.status_tx.borrow().clone();
+                match status {
+                    ChannelStatus::ChannelError { .. }
+                    | ChannelStatus::TimedOut
+                    | ChannelStatus::Closed { reason: Some(_) } => {
+                        Err(Error::not_connected(format!(
+                            "{} is not joined ({}): subscribe again",
+                            ch.topic,
+                            status.as_str()
+                        )))
+                    }
+                    _ => Ok(PushOutcome::UseRest),
+                }
+            }
             (Phase::Leaving { .. }, PushKind::Broadcast { .. }) => {
                 Err(Error::not_connected("channel is leaving"))
             }
@@ -1384,6 +1547,7 @@ impl Task {
                 ev::PHX_ERROR => {
                     ch.set_status(ChannelStatus::ChannelError {
                         reason: "the channel crashed on the server".to_owned(),
+                        kind: ErrorKind::ChannelError,
                     });
                     open_token_refresh = false;
                 }
@@ -1529,12 +1693,14 @@ impl Task {
                     buffer: VecDeque::new(),
                     subscribe_waiters: Vec::new(),
                     rejoin_attempt: 0,
+                    failures: 0,
                     rejoin_gen: 0,
                     last_system_error: None,
                 };
                 let _ = reply.send(ch.parts());
                 self.topics.insert(topic, id);
                 self.channels.insert(id, ch);
+                self.refresh_hb_interval();
             }
             Command::Channels { reply } => {
                 let mut parts: Vec<ChannelParts> =
@@ -1547,6 +1713,33 @@ impl Task {
                     let _ = reply.send(Err(Error::invalid("channel removed")));
                     return;
                 };
+                let idle = matches!(ch.phase, Phase::Idle);
+                if matches!(ch.phase, Phase::Idle | Phase::Errored) && !self.state.is_open() {
+                    // The socket cannot open for now: say so at once (the channel still
+                    // joins when it opens).
+                    let refused = match (&self.state, &self.last_connect_error) {
+                        (ConnectionState::Closed { .. }, _) => Some(Error::not_connected(
+                            "the client is disconnected; reconnect to join",
+                        )),
+                        (_, Some(e)) if e.kind() == ErrorKind::Authorization => Some(e.clone()),
+                        _ => None,
+                    };
+                    if let Some(e) = refused {
+                        if idle {
+                            ch.rejoin_attempt = 0;
+                            ch.failures = 0;
+                            ch.phase = Phase::Errored;
+                        }
+                        if e.kind() == ErrorKind::Authorization {
+                            ch.set_status(ChannelStatus::ChannelError {
+                                reason: e.reason().unwrap_or(e.message()).to_owned(),
+                                kind: e.kind(),
+                            });
+                        }
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
                 match ch.phase {
                     Phase::Joined { .. } => {
                         let _ = reply.send(Ok(()));
@@ -1560,6 +1753,7 @@ impl Task {
                     Phase::Idle => {
                         ch.subscribe_waiters.push(reply);
                         ch.rejoin_attempt = 0;
+                        ch.failures = 0;
                         self.join(id);
                     }
                 }
@@ -1567,6 +1761,7 @@ impl Task {
             Command::Unsubscribe { id, reply } => self.leave(id, Some(reply)),
             Command::Remove { id, reply } => {
                 self.remove(id);
+                self.refresh_hb_interval();
                 let _ = reply.send(Ok(()));
             }
             Command::RemoveAll { reply } => {
@@ -1574,6 +1769,7 @@ impl Task {
                 for id in ids {
                     self.remove(id);
                 }
+                self.refresh_hb_interval();
                 let _ = reply.send(Ok(()));
             }
             Command::Listen {
@@ -1586,11 +1782,19 @@ impl Task {
                     let _ = reply.send(Err(Error::invalid("channel removed")));
                     return;
                 };
-                if matches!(filter, EventFilter::Presence | EventFilter::All) {
+                let presence = matches!(filter, EventFilter::Presence | EventFilter::All);
+                if presence {
                     ch.presence_listeners = true;
                 }
                 ch.subs.push((filter, sub));
                 let _ = reply.send(Ok(()));
+                // As realtime-js and the official Python client: presence enabled on a joined
+                // (or joining) channel takes effect by joining again, so that the server
+                // sends the presence state.
+                let joined = matches!(ch.phase, Phase::Joined { .. } | Phase::Joining { .. });
+                if presence && joined && !ch.presence_active {
+                    self.rejoin_now(id);
+                }
             }
             Command::AddBinding {
                 id,

@@ -30,6 +30,10 @@ Errors are :class:`RealtimeError` subclasses with the server's reason:
 :class:`NotConnectedError` (send on a channel that was left or closed, client closed) among
 them. A callback that raises is logged (logger ``supabase_realtime``) with its traceback;
 delivery goes on.
+
+Payloads are JSON: a dict you send arrives as a dict with its keys in **sorted order**, not
+in the order the sender inserted them (the Rust core keeps JSON objects sorted, as the
+upstream server does when it re-encodes small maps). Do not rely on key order.
 """
 
 from __future__ import annotations

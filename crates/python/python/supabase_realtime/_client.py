@@ -129,8 +129,6 @@ class _ChannelBase:
         self.params: Dict[str, Any] = dict(params or {})
         self._config, self._options = _normalize_channel_params(params)
         self._subscribe_callbacks: List[SubscribeCallback] = []
-        self._policy_installed = False
-        self._failures = 0
 
     # -- identity and state ---------------------------------------------------------------
     @property
@@ -180,7 +178,9 @@ class _ChannelBase:
           ``{"event": "join", "key", "presence", "newPresences", "currentPresences"}`` and
           ``leave`` ``{"event": "leave", "key", "presence", "leftPresences",
           "currentPresences"}`` (also in snake_case), ``presence`` being the first presence
-          that joined/left, i.e. the state it tracked plus ``presence_ref``.
+          that joined/left, i.e. the state it tracked plus ``presence_ref``. Added to a
+          channel that is already subscribed, a presence callback makes it join again with
+          presence enabled (as the official client does), so the presence state arrives.
         * ``postgres_changes`` — ``filter={"event": "*"|"INSERT"|"UPDATE"|"DELETE",
           "schema": "public", "table": ..., "filter": "col=eq.value"}``; must be added before
           ``subscribe()``. The callback gets ``{"eventType", "schema", "table",
@@ -259,7 +259,8 @@ class _ChannelBase:
         """``callback(error)`` whenever the channel errors (join refused, crashed, socket
         lost: CHANNEL_ERROR) or a join times out (TIMED_OUT); ``error`` is an
         :class:`AuthorizationError`, :class:`ChannelError` or :class:`RealtimeTimeoutError`
-        carrying the server's reason. The channel keeps rejoining."""
+        carrying the server's reason (the class follows the error's kind). The channel
+        keeps rejoining unless its ``auto_reconnect``/``max_retries`` options stop it."""
         self._native.on_status("error", callback, False)
         return self
 
@@ -279,33 +280,7 @@ class _ChannelBase:
         if callback is not None:
             wrapper = _SubscribeCallback(callback)
             self._native.on_status("subscribe", wrapper, False)
-        self._install_policy()
         return wrapper, timeout
-
-    def _install_policy(self) -> None:
-        if self._policy_installed:
-            return
-        self._policy_installed = True
-        if self._options.get("auto_reconnect", True) and "max_retries" not in self._options:
-            return
-
-        def policy(state: RealtimeSubscribeStates, error: Optional[Exception]) -> Any:
-            if state is RealtimeSubscribeStates.SUBSCRIBED:
-                self._failures = 0
-                return None
-            if state not in (RealtimeSubscribeStates.CHANNEL_ERROR, RealtimeSubscribeStates.TIMED_OUT):
-                return None
-            self._failures += 1
-            limit = 0 if not self._options.get("auto_reconnect", True) else int(self._options["max_retries"])
-            if self._failures > limit:
-                self._failures = 0
-                return self._stop_retrying()
-            return None
-
-        self._native.on_status("subscribe", policy, False)
-
-    def _stop_retrying(self) -> Any:
-        raise NotImplementedError
 
 
 class SyncRealtimeChannel(_ChannelBase):
@@ -377,9 +352,6 @@ class SyncRealtimeChannel(_ChannelBase):
         """Stop tracking presence."""
         self._native.untrack()
 
-    def _stop_retrying(self) -> Any:
-        self._native.unsubscribe()
-
 
 class AsyncRealtimeChannel(_ChannelBase):
     """A channel of an :class:`AsyncRealtimeClient`. Listener registration is sync and
@@ -442,9 +414,6 @@ class AsyncRealtimeChannel(_ChannelBase):
         self._loop()
         await self._native.untrack_async()
 
-    def _stop_retrying(self) -> Any:
-        return self._native.unsubscribe_async()
-
 
 class _ClientBase:
     _channel_class: type = _ChannelBase
@@ -498,6 +467,12 @@ class _ClientBase:
         return bool(self._native.is_connected)
 
     @property
+    def heartbeat_latency(self) -> Optional[float]:
+        """Round trip of the last answered heartbeat, in seconds (None before the first)."""
+        v = self._native.heartbeat_latency
+        return None if v is None else float(v)
+
+    @property
     def access_token(self) -> Optional[str]:
         t = self._native.access_token
         return None if t is None else str(t)
@@ -514,15 +489,18 @@ class _ClientBase:
 
         ``params``: ``{"broadcast": {"self": bool, "ack": bool}, "presence": {"key": str},
         "private": bool}`` (or the official ``{"config": {...}}``), plus the channel options
-        ``auto_reconnect``, ``hb_interval`` (ms), ``max_retries``, ``initial_backoff``.
+        (see :class:`RealtimeChannelOptions`): ``auto_reconnect`` and ``max_retries`` (when
+        this channel stops rejoining after failures), ``initial_backoff`` (seconds, its first
+        rejoin delay) and ``hb_interval`` (ms; the socket's heartbeat follows the smallest
+        interval asked by the client or any of its channels).
         """
         self._set_loop()
         full = topic if topic.startswith("realtime:") else f"realtime:{topic}"
         existing = self._channels.get(full)
         if existing is not None and existing.status not in ("LEAVING",):
             return existing
-        config, _ = _normalize_channel_params(params)
-        native = self._native.channel(_subtopic(full), config)
+        config, options = _normalize_channel_params(params)
+        native = self._native.channel(_subtopic(full), {**config, **options})
         ch = self._channel_class(self, native, params)
         self._channels[full] = ch
         return ch

@@ -101,17 +101,22 @@ class RealtimeChannelOptions(TypedDict, total=False):
     presence: RealtimeChannelPresenceConfig
     private: bool
     auto_reconnect: bool
-    """Rejoin this channel after errors and reconnects (default True). False: after the
-    channel has been subscribed, the first CHANNEL_ERROR/TIMED_OUT leaves it."""
+    """Rejoin this channel after it fails (join refused or timed out, crashed or closed by
+    the server, connection lost). Default True. False: the first failure is final; the
+    channel stays in CHANNEL_ERROR/TIMED_OUT/CLOSED, sends raise
+    :class:`NotConnectedError`, and ``subscribe()`` starts it again. Socket reconnects are
+    the client's (``create_client(..., {"auto_reconnect": ...})``)."""
     hb_interval: int
     """Heartbeat interval in milliseconds. The heartbeat belongs to the socket, which all
-    channels share: set it with ``create_client(..., {"hb_interval": ...})``; here it is
-    recorded in ``channel.params`` only."""
+    channels of a client share: the socket beats at the **smallest** ``hb_interval`` of the
+    client and of every channel it has (applied at once, re-evaluated when channels are
+    added or removed). A channel can therefore only make heartbeats more frequent."""
     max_retries: int
-    """Most consecutive failed rejoins before the channel gives up (leaves)."""
+    """Failures in a row after which the channel stops rejoining (0: never retry);
+    unset: retry forever. A successful join resets the count."""
     initial_backoff: float
-    """Initial delay, in seconds, of the socket's reconnect backoff (socket-level: set it
-    with ``create_client`` options; recorded here)."""
+    """First rejoin delay of this channel, in seconds; it doubles per failure in a row,
+    up to the client's ``max_backoff``. Unset: the client's ``rejoin_backoff`` table."""
 
 
 class ClientOptions(TypedDict, total=False):

@@ -283,8 +283,28 @@ impl Connection {
         // Changes go straight to the socket's queue: the feed never waits on this connection,
         // and the slow-consumer policy applies as for any other fan-out.
         let sink = Arc::new(move |ev: FeedEvent| {
-            let m = feed_message(&wire_topic, &channel_name, &join_ref, ev);
-            outbox.send(to_ws(serializer.encode_server_message(&m)));
+            let frame = match ev {
+                // The change's JSON was made once for every channel it goes to; only the ids
+                // differ per channel. Keys in upstream's (sorted) order: data, ids.
+                FeedEvent::Change { ids, data } => {
+                    let ids = Value::from(ids).to_string();
+                    let payload = format!("{{\"data\":{},\"ids\":{ids}}}", data.json());
+                    serializer.encode_server_raw(
+                        None,
+                        None,
+                        &wire_topic,
+                        event::POSTGRES_CHANGES,
+                        &payload,
+                    )
+                }
+                ev => serializer.encode_server_message(&feed_message(
+                    &wire_topic,
+                    &channel_name,
+                    &join_ref,
+                    ev,
+                )),
+            };
+            outbox.send(to_ws(frame));
         });
         self.state.feed.subscribe(SubscribeRequest {
             topic: name.to_owned(),
@@ -366,7 +386,7 @@ fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: Fee
         FeedEvent::Change { ids, data } => Message::fanout(
             wire_topic,
             event::POSTGRES_CHANGES,
-            json!({"ids": ids, "data": data.as_ref()}),
+            json!({"ids": ids, "data": data.value()}),
         ),
     }
 }

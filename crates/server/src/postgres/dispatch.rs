@@ -18,7 +18,7 @@ use super::registry::{Claims, Registry, SubEntry};
 use super::rls;
 use super::subscribe::Action;
 use super::types::{self, Kind};
-use super::FeedEvent;
+use super::{ChangeData, FeedEvent};
 
 /// One row change, as decoded.
 pub(crate) struct Change<'a> {
@@ -75,6 +75,15 @@ pub(crate) fn format_commit_ts(pg_micros: i64) -> String {
 pub(crate) struct DispatchCache {
     /// (role, table oid) → columns the role may SELECT.
     pub(crate) visible: HashMap<(String, u32), Arc<HashSet<String>>>,
+    /// The transaction being decoded, and whether other sessions are known to see it yet.
+    txn: Option<(u32, bool)>,
+}
+
+impl DispatchCache {
+    /// A new transaction starts streaming: its visibility is not known yet.
+    pub(crate) fn begin_transaction(&mut self, xid: u32) {
+        self.txn = Some((xid, false));
+    }
 }
 
 /// Typed values of one tuple, in relation order: (name, text or NULL, JSON).
@@ -259,6 +268,12 @@ pub(crate) async fn dispatch(
                 })
                 .collect();
             let refs: Vec<&Claims> = groups.iter().map(|c| c.as_ref()).collect();
+            // The commit can reach us before other sessions see it; checking RLS before then
+            // would read "not visible" as "not allowed" and lose the change. Once per transaction.
+            if let Some((xid, false)) = cache.txn {
+                rls::wait_until_visible(client, xid).await?;
+                cache.txn = Some((xid, true));
+            }
             let vis = rls::check(client, table, &pk, &refs).await?;
             for (c, v) in groups.into_iter().zip(vis) {
                 rls_result.insert(c, v);
@@ -267,7 +282,7 @@ pub(crate) async fn dispatch(
     }
 
     let too_large = max_record_bytes > 0 && raw_size(change, &new, &old) > max_record_bytes;
-    let mut built: HashMap<Outcome, Arc<Value>> = HashMap::new();
+    let mut built: HashMap<Outcome, Arc<ChangeData>> = HashMap::new();
     let mut deliveries = 0;
     for (entry, claims, ids) in matched {
         let mut outcome_err = role_outcome(&claims.role);
@@ -298,14 +313,14 @@ pub(crate) async fn dispatch(
             let data = match built.get(&outcome) {
                 Some(d) => d.clone(),
                 None => {
-                    let d = Arc::new(build(
+                    let d = Arc::new(ChangeData::new(build(
                         change,
                         &outcome,
                         &new,
                         &old,
                         roles.get(&claims.role),
                         too_large,
-                    ));
+                    )));
                     built.insert(outcome, d.clone());
                     d
                 }

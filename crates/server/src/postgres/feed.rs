@@ -373,9 +373,10 @@ async fn session(
                     }
                     ReplMessage::XLogData { data } => {
                         match pgoutput::decode(data).map_err(errs)? {
-                            Message::Begin { commit_ts: ts, .. } => {
+                            Message::Begin { commit_ts: ts, xid, .. } => {
                                 in_txn = true;
                                 commit_ts = ts;
+                                cache.begin_transaction(xid);
                             }
                             Message::Commit { end_lsn, .. } => {
                                 in_txn = false;

@@ -91,8 +91,36 @@ pub enum FeedEvent {
         /// Matching binding ids of this channel.
         ids: Vec<u32>,
         /// The `data` object (schema, table, type, commit_timestamp, columns, record, old_record, errors).
-        data: Arc<Value>,
+        data: Arc<ChangeData>,
     },
+}
+
+/// A change's `data` object, shared by every channel it goes to, with its JSON text made on
+/// first use: a change fanned out to many channels is serialized once, not once per channel.
+#[derive(Debug)]
+pub struct ChangeData {
+    value: Value,
+    json: std::sync::OnceLock<String>,
+}
+
+impl ChangeData {
+    /// Wrap a `data` object.
+    pub fn new(value: Value) -> Self {
+        ChangeData {
+            value,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The object.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// Its JSON text, made once.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| self.value.to_string())
+    }
 }
 
 /// A non-blocking callback; it must never wait (it runs on the feed's task).

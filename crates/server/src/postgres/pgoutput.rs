@@ -44,6 +44,8 @@ pub(crate) enum Message {
     Begin {
         final_lsn: u64,
         commit_ts: i64,
+        /// The transaction id (32 bits, no epoch).
+        xid: u32,
     },
     Commit {
         end_lsn: u64,
@@ -126,9 +128,11 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Message, DecodeError> {
             need(&b, 20)?;
             let final_lsn = b.get_u64();
             let commit_ts = b.get_i64();
+            let xid = b.get_u32();
             Message::Begin {
                 final_lsn,
                 commit_ts,
+                xid,
             }
         }
         b'C' => {

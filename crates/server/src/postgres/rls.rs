@@ -118,3 +118,27 @@ pub(crate) async fn check(
     }
     Ok(out)
 }
+
+/// Wait until transaction `xid` (32 bits, as pgoutput gives it) is no longer in progress, so a
+/// statement started afterwards sees what it committed.
+///
+/// Logical decoding streams a commit once its WAL is flushed, which can be a moment before the
+/// committing backend leaves the proc array; `pg_xact_status` is "in progress" exactly while
+/// it is there. The 64-bit id is rebuilt with the epoch of the current snapshot's xmax (the
+/// previous epoch when the low 32 bits are past it, across a wraparound).
+pub(crate) async fn wait_until_visible(
+    client: &Client,
+    xid: u32,
+) -> Result<(), tokio_postgres::Error> {
+    const SQL: &str = "SELECT pg_xact_status(((CASE WHEN $1::bigint <= (x & 4294967295) THEN x >> 32
+                                                     ELSE (x >> 32) - 1 END) << 32 | $1::bigint)::text::xid8)
+                       FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS x) s";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let status: Option<String> = client.query_one(SQL, &[&i64::from(xid)]).await?.get(0);
+        if status.as_deref() != Some("in progress") || std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+    }
+}
