@@ -116,7 +116,8 @@ async fn writer(
     closer: CancellationToken,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(64);
+    // Grown on first use: an idle socket should cost as little memory as possible.
+    let mut batch = Vec::new();
     let close = loop {
         let n = tokio::select! {
             biased;
