@@ -11,6 +11,7 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from interop_support import log_dir as _log_dir  # noqa: E402
 from interop_support import (  # noqa: E402
     ANON_KEY,
     JsPeer,
@@ -29,13 +30,6 @@ def pytest_collection_modifyitems(config, items):
         if here in Path(str(item.fspath)).resolve().parents:
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
-
-
-def _log_dir(request) -> Path:
-    base = Path(os.environ.get("INTEROP_LOG_DIR", "/tmp/interop-logs"))
-    d = base / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")[:80]
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 @pytest.fixture(scope="module")

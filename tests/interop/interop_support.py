@@ -726,3 +726,11 @@ def decode_user_broadcast(frame: bytes) -> dict:
     meta = frame[off:off + ml]
     off += ml
     return {"topic": topic, "event": event, "metadata": meta, "encoding": enc, "payload": frame[off:]}
+
+
+def log_dir(request) -> Path:
+    """Where a test's server and peer logs go (INTEROP_LOG_DIR, else /tmp/interop-logs)."""
+    base = Path(os.environ.get("INTEROP_LOG_DIR", "/tmp/interop-logs"))
+    d = base / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")[:80]
+    d.mkdir(parents=True, exist_ok=True)
+    return d

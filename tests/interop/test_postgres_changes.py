@@ -14,6 +14,8 @@ import re
 import uuid
 
 import pytest
+
+from interop_support import log_dir  # noqa: E402
 import pytest_asyncio
 
 from interop_support import ANON_KEY, unique_topic
@@ -46,9 +48,7 @@ def pg(request):
     """(server, database url, publication) — the server streams the module's own publication."""
     url = require_database()
     drop_stale_slots(url, SLOT_PREFIX)
-    from conftest import _log_dir
-
-    pgs = PgServer(url, SLOT_PREFIX, _log_dir(request))
+    pgs = PgServer(url, SLOT_PREFIX, log_dir(request))
     srv = pgs.start()
     made: list[str] = []
     yield srv, url, pgs.publication, made

@@ -15,6 +15,8 @@ import time
 import uuid
 
 import pytest
+
+from interop_support import log_dir  # noqa: E402
 import pytest_asyncio
 
 from interop_support import ANON_KEY, is_broadcast, is_status
@@ -67,9 +69,7 @@ def unauthorized(topic: str) -> str:
 def pg(request):
     url = require_database()
     drop_stale_slots(url, SLOT_PREFIX)
-    from conftest import _log_dir
-
-    pgs = PgServer(url, SLOT_PREFIX, _log_dir(request))
+    pgs = PgServer(url, SLOT_PREFIX, log_dir(request))
     srv = pgs.start()
     psql(url, POLICIES)  # roles, auth.jwt() and realtime.messages exist once the server is ready
     yield srv, url

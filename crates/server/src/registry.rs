@@ -106,7 +106,11 @@ impl Topic {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.subs.read().is_empty() && self.presence.lock().is_empty()
+        // The lock order everywhere is presence, then subscribers: taking them the other way
+        // round here (a guard lives to the end of its expression) could deadlock with `remove`.
+        let presence = self.presence.lock();
+        let subs = self.subs.read();
+        subs.is_empty() && presence.is_empty()
     }
 
     /// Fan a message out to every subscriber but `exclude`, counting deliveries against the
