@@ -12,6 +12,7 @@
 #   PYTEST_ARGS           extra pytest arguments (e.g. "-k presence -x")
 #   SKIP_RUST_CHECKS=1    skip fmt/clippy/cargo test (pytest only)
 #   SKIP_POSTGRES=1       do not start the local PostgreSQL (scripts/postgres.sh)
+#   SKIP_BENCH=1          skip the quick benchmark run
 set -uo pipefail
 
 # shellcheck source=lib/common.sh
@@ -89,6 +90,11 @@ if [ "$SERVER_OK" = 1 ]; then
   fi
 else
   record "pytest" "NOT RUN (server binary missing)"
+fi
+
+# --- benchmark harness (quick: small sizes, figures not kept) ------------------------------
+if [ "${SKIP_BENCH:-}" != 1 ]; then
+  step "bench --quick" bash scripts/bench.sh --quick
 fi
 
 # --- summary -------------------------------------------------------------------------------
