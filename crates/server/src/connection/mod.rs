@@ -190,10 +190,14 @@ impl Connection {
                 return;
             }
         }
+        if m.event == event::BROADCAST {
+            // The hot path: the message moves into the fan-out.
+            self.broadcast(m, frame_len).await;
+            return;
+        }
         match m.event.as_str() {
             event::PHX_LEAVE => self.leave(&m),
             event::ACCESS_TOKEN => self.access_token(&m).await,
-            event::BROADCAST => self.broadcast(&m, frame_len).await,
             event::PRESENCE => self.presence(&m, frame_len).await,
             other => {
                 // Upstream logs unknown events and counts them against the events limit.

@@ -20,7 +20,8 @@ impl Connection {
         oversized(self.state.config.max_payload_bytes(), frame_len, payload)
     }
 
-    pub(super) async fn broadcast(&mut self, m: &Message, frame_len: usize) {
+    /// Takes the message by value: its payload moves into the fan-out instead of being copied.
+    pub(super) async fn broadcast(&mut self, m: Message, frame_len: usize) {
         // Without write permission a private channel's broadcasts are dropped with no reply,
         // even with ack, as upstream does.
         if !self.may_write(&m.topic, Extension::Broadcast).await {
@@ -33,24 +34,21 @@ impl Connection {
         let ack = channel.config.broadcast_ack;
         if self.oversized(frame_len, &m.payload) {
             if ack {
-                self.reply(m, Status::Error, Value::from(PAYLOAD_SIZE_EXCEEDED));
+                self.reply(&m, Status::Error, Value::from(PAYLOAD_SIZE_EXCEEDED));
             }
             return;
         }
         let exclude = (!channel.config.broadcast_self).then_some(channel.sub);
         let topic = channel.topic.clone();
+        let ack_reply = ack.then(|| Message::reply_to(&m, Status::Ok, json!({})));
         // The client's map is forwarded as it came (extra keys survive), as upstream does.
         topic.broadcast(
-            Body::Json(Message::fanout(
-                m.topic.clone(),
-                event::BROADCAST,
-                m.payload.clone(),
-            )),
+            Body::Json(Message::fanout(m.topic, event::BROADCAST, m.payload)),
             exclude,
             &self.state.events,
         );
-        if ack {
-            self.reply(m, Status::Ok, json!({}));
+        if let Some(reply) = ack_reply {
+            self.push(&reply);
         }
     }
 
