@@ -286,6 +286,35 @@ fn broadcast_official<'py>(
     Ok(d.into_any())
 }
 
+/// A join or leave for a spec-style presence callback: `presence` (the first presence that
+/// changed), `key`, and the current and changed lists under both camelCase and snake_case names.
+fn presence_change(
+    py: Python<'_>,
+    d: &Bound<'_, PyDict>,
+    event: &str,
+    key: &str,
+    current: &[supabase_realtime::Presence],
+    changed: &[supabase_realtime::Presence],
+    (camel, snake): (&str, &str),
+) -> PyResult<()> {
+    d.set_item("event", event)?;
+    d.set_item("key", key)?;
+    let cur = presences_to_py(py, current)?;
+    let changed_py = presences_to_py(py, changed)?;
+    d.set_item(
+        "presence",
+        match changed.first() {
+            Some(p) => map_to_py(py, p)?.into_any(),
+            None => PyDict::new(py).into_any(),
+        },
+    )?;
+    d.set_item("currentPresences", &cur)?;
+    d.set_item(camel, &changed_py)?;
+    d.set_item("current_presences", cur)?;
+    d.set_item(snake, changed_py)?;
+    Ok(())
+}
+
 /// The dict a spec-style presence callback receives.
 fn presence_spec<'py>(py: Python<'py>, p: &PresenceEvent) -> PyResult<Bound<'py, PyAny>> {
     let d = PyDict::new(py);
@@ -299,38 +328,26 @@ fn presence_spec<'py>(py: Python<'py>, p: &PresenceEvent) -> PyResult<Bound<'py,
             d.set_item("presences", presences)?;
         }
         PresenceEvent::Join { key, current, new } => {
-            d.set_item("event", "join")?;
-            d.set_item("key", key)?;
-            let cur = presences_to_py(py, current)?;
-            let joined = presences_to_py(py, new)?;
-            d.set_item(
-                "presence",
-                match new.first() {
-                    Some(p) => map_to_py(py, p)?.into_any(),
-                    None => PyDict::new(py).into_any(),
-                },
+            presence_change(
+                py,
+                &d,
+                "join",
+                key,
+                current,
+                new,
+                ("newPresences", "new_presences"),
             )?;
-            d.set_item("currentPresences", &cur)?;
-            d.set_item("newPresences", &joined)?;
-            d.set_item("current_presences", cur)?;
-            d.set_item("new_presences", joined)?;
         }
         PresenceEvent::Leave { key, current, left } => {
-            d.set_item("event", "leave")?;
-            d.set_item("key", key)?;
-            let cur = presences_to_py(py, current)?;
-            let gone = presences_to_py(py, left)?;
-            d.set_item(
-                "presence",
-                match left.first() {
-                    Some(p) => map_to_py(py, p)?.into_any(),
-                    None => PyDict::new(py).into_any(),
-                },
+            presence_change(
+                py,
+                &d,
+                "leave",
+                key,
+                current,
+                left,
+                ("leftPresences", "left_presences"),
             )?;
-            d.set_item("currentPresences", &cur)?;
-            d.set_item("leftPresences", &gone)?;
-            d.set_item("current_presences", cur)?;
-            d.set_item("left_presences", gone)?;
         }
     }
     Ok(d.into_any())
