@@ -1,4 +1,4 @@
-"""One Python client under the benchmark (driven by `supabase-realtime-bench`).
+"""One Python client under the benchmark (driven by `supa-realtime-bench`).
 
     python bench/py_client.py --impl ours|official --url ws://127.0.0.1:PORT/realtime/v1 --key KEY --topic T
 
@@ -10,7 +10,7 @@ Subscribes to broadcast event "b" on topic T and counts what reaches its callbac
     EXIT       -> exits
 
 Both packages are used through the same API (the official `realtime` names, which
-`supabase_realtime` also exports): AsyncRealtimeClient, channel, on_broadcast, subscribe,
+`supa_realtime` also exports): AsyncRealtimeClient, channel, on_broadcast, subscribe,
 send_broadcast.
 """
 
@@ -31,7 +31,7 @@ async def main() -> None:
     ap.add_argument("--topic", required=True)
     a = ap.parse_args()
     if a.impl == "ours":
-        from supabase_realtime import AsyncRealtimeClient
+        from supa_realtime import AsyncRealtimeClient
     else:
         from realtime import AsyncRealtimeClient
 

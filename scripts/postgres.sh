@@ -9,7 +9,7 @@
 #   scripts/postgres.sh restart  stop + start (used by the "database restarted" tests)
 #   scripts/postgres.sh destroy  stop and delete the data directory
 #
-# Env: PG_PORT (54329), PG_BASE (/tmp/supabase-realtime-pg), PG_PASSWORD (postgres).
+# Env: PG_PORT (54329), PG_BASE (/tmp/supa-realtime-pg), PG_PASSWORD (postgres).
 # Everything but the URL goes to stderr: `export "$(scripts/postgres.sh | tail -n1)"`.
 #
 # Notes:
@@ -24,7 +24,7 @@ set -euo pipefail
 
 MAJOR=15
 PORT="${PG_PORT:-54329}"
-BASE="${PG_BASE:-/tmp/supabase-realtime-pg}"
+BASE="${PG_BASE:-/tmp/supa-realtime-pg}"
 PASSWORD="${PG_PASSWORD:-postgres}"
 DATA="$BASE/data"
 SOCK="$BASE/sock"

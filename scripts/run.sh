@@ -21,17 +21,17 @@ HTTP="http://$ADDR"
 ensure_base_tools
 if [ "${SKIP_DEMO:-}" != 1 ]; then ensure_interop_node_modules; fi
 
-log "building the server (cargo build --release -p supabase-realtime-server)"
-cargo build --release -p supabase-realtime-server
+log "building the server (cargo build --release -p supa-realtime-server)"
+cargo build --release -p supa-realtime-server
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
-BIN="$TARGET_DIR/release/supabase-realtime-server"
+BIN="$TARGET_DIR/release/supa-realtime-server"
 
 if curl -fsS -m 2 "$HTTP/api/ping" >/dev/null 2>&1; then
   die "something already answers on $ADDR; stop it or set REALTIME_ADDR"
 fi
 
-SERVER_LOG="${TMPDIR:-/tmp}/supabase-realtime-run.$$.log"
+SERVER_LOG="${TMPDIR:-/tmp}/supa-realtime-run.$$.log"
 log "starting the server on $ADDR (in memory; log: $SERVER_LOG)"
 unset DATABASE_URL
 "$BIN" serve --addr "$ADDR" >"$SERVER_LOG" 2>&1 &
@@ -59,7 +59,7 @@ note "GET $HTTP/api/ping -> $(curl -sS -m 2 "$HTTP/api/ping")"
 DEMO_RC=0
 if [ "${SKIP_DEMO:-}" != 1 ]; then
   log "demo: two realtime-js clients (vsn 1.0.0 and 2.0.0) in room \"room1\", plus curl"
-  DEMO_OUT="${TMPDIR:-/tmp}/supabase-realtime-demo.$$.log"
+  DEMO_OUT="${TMPDIR:-/tmp}/supa-realtime-demo.$$.log"
   : >"$DEMO_OUT"
   DEMO_CURL_EVENT=curl-hello node interop/demo.mjs "ws://$ADDR/realtime/v1" "$ANON_KEY" >"$DEMO_OUT" 2>&1 &
   DEMO_PID=$!

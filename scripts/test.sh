@@ -67,9 +67,9 @@ if [ "${SKIP_RUST_CHECKS:-}" != 1 ]; then
 fi
 
 SERVER_OK=1
-step "build server" cargo build -p supabase-realtime-server || true
-[ -x "$TARGET_DIR/debug/supabase-realtime-server" ] || SERVER_OK=0
-export REALTIME_SERVER_BIN="${REALTIME_SERVER_BIN:-$TARGET_DIR/debug/supabase-realtime-server}"
+step "build server" cargo build -p supa-realtime-server || true
+[ -x "$TARGET_DIR/debug/supa-realtime-server" ] || SERVER_OK=0
+export REALTIME_SERVER_BIN="${REALTIME_SERVER_BIN:-$TARGET_DIR/debug/supa-realtime-server}"
 
 if ! ensure_python_package; then
   record "python package (maturin)" "FAILED"

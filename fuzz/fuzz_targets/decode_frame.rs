@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use supabase_realtime_protocol::bytes::Bytes;
-use supabase_realtime_protocol::{Serializer, WireFrame};
+use supa_realtime_protocol::bytes::Bytes;
+use supa_realtime_protocol::{Serializer, WireFrame};
 
 fuzz_target!(|data: &[u8]| {
     let binary = WireFrame::Binary(Bytes::copy_from_slice(data));

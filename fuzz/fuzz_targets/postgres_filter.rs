@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(filter) = std::str::from_utf8(data) {
-        let _ = supabase_realtime_server::postgres::check_filter(filter);
+        let _ = supa_realtime_server::postgres::check_filter(filter);
     }
 });

@@ -95,9 +95,8 @@ ensure_python_venv() {
 
 # The repo's own Python package (crates/python, built with maturin), once it exists.
 ensure_python_package() {
-  local manifest="$REPO_ROOT/crates/python/Cargo.toml"
-  [ -f "$REPO_ROOT/crates/python/pyproject.toml" ] && [ -f "$manifest" ] || return 0
-  log "building the Python package (maturin develop, crates/python)"
-  VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" \
-    "$VENV/bin/maturin" develop --quiet -m "$manifest" >&2
+  [ -f "$REPO_ROOT/pyproject.toml" ] || return 0
+  log "building the Python package (maturin develop, the root pyproject.toml)"
+  (cd "$REPO_ROOT" && VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" \
+    "$VENV/bin/maturin" develop --quiet >&2)
 }

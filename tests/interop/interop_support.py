@@ -1,7 +1,7 @@
 """Helpers for the interop suite: the server process, the realtime-js peer, the
 official Python client, raw WebSocket/HTTP access and JWT minting.
 
-Everything here talks to a real `supabase-realtime-server` process over loopback.
+Everything here talks to a real `supa-realtime-server` process over loopback.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def server_binary() -> Path:
     target_dir = Path(target) if target else REPO_ROOT / "target"
     if not target_dir.is_absolute():
         target_dir = REPO_ROOT / target_dir
-    return target_dir / "debug" / "supabase-realtime-server"
+    return target_dir / "debug" / "supa-realtime-server"
 
 
 class ServerProcess:
@@ -150,7 +150,7 @@ class ServerProcess:
         if not self.binary.exists():
             raise RuntimeError(
                 f"server binary {self.binary} does not exist: build it with "
-                "`cargo build -p supabase-realtime-server` or set REALTIME_SERVER_BIN"
+                "`cargo build -p supa-realtime-server` or set REALTIME_SERVER_BIN"
             )
         args = [str(self.binary), "serve", "--addr", self.host]
         for k, v in self.flags.items():

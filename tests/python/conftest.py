@@ -1,4 +1,4 @@
-"""Fixtures for the supabase_realtime (Python package) suite: a real server process."""
+"""Fixtures for the supa_realtime (Python package) suite: a real server process."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def server_binary() -> Path:
     if env:
         return Path(env)
     target = os.environ.get("CARGO_TARGET_DIR") or str(Path(__file__).resolve().parents[2] / "target")
-    return Path(target) / "debug" / "supabase-realtime-server"
+    return Path(target) / "debug" / "supa-realtime-server"
 
 
 def free_port() -> int:
@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 class Server:
-    """A supabase-realtime-server process on a free port."""
+    """A supa-realtime-server process on a free port."""
 
     def __init__(self, extra: Optional[Dict[str, str]] = None) -> None:
         self.port = free_port()
@@ -76,7 +76,7 @@ class Server:
     def start(self) -> "Server":
         binary = server_binary()
         if not binary.exists():
-            pytest.skip(f"server binary {binary} missing: cargo build -p supabase-realtime-server or set REALTIME_SERVER_BIN")
+            pytest.skip(f"server binary {binary} missing: cargo build -p supa-realtime-server or set REALTIME_SERVER_BIN")
         args = [str(binary), "serve", "--addr", f"127.0.0.1:{self.port}"]
         for k, v in self.flags.items():
             args += [k, v]

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import ANON_KEY, await_for, wait_for
 from support import Out
-import supabase_realtime
-from supabase_realtime import (
+import supa_realtime
+from supa_realtime import (
     AsyncRealtimeClient,
     NotConnectedError,
     RealtimeSubscribeStates,
@@ -80,7 +80,7 @@ async def test_async_spec_api_end_to_end(server: Any) -> None:
 @pytest.mark.asyncio
 async def test_official_names_async(server: Any) -> None:
     """Code written for `realtime.AsyncRealtimeClient`, with only the import changed."""
-    from supabase_realtime import AsyncRealtimeClient  # was: from realtime import AsyncRealtimeClient
+    from supa_realtime import AsyncRealtimeClient  # was: from realtime import AsyncRealtimeClient
 
     events: List[Tuple[Any, ...]] = []
     client = AsyncRealtimeClient(server.ws_url, ANON_KEY)
@@ -111,7 +111,7 @@ async def test_official_names_async(server: Any) -> None:
 
 
 def test_official_names_sync(server: Any) -> None:
-    from supabase_realtime import SyncRealtimeClient
+    from supa_realtime import SyncRealtimeClient
 
     client = SyncRealtimeClient(server.ws_url, ANON_KEY)
     peer = SyncRealtimeClient(server.ws_url, ANON_KEY)
@@ -186,11 +186,11 @@ def test_callback_that_raises_is_logged_and_delivery_continues(server: Any, capl
         ch = client.channel("raising", {"broadcast": {"self": True}})
         ch.on("broadcast", {"event": "e"}, bad)
         ch.subscribe()
-        with caplog.at_level(logging.ERROR, logger="supabase_realtime"):
+        with caplog.at_level(logging.ERROR, logger="supa_realtime"):
             for n in range(1, 4):
                 ch.send("e", {"n": n})
             assert wait_for(lambda: got == [2, 3]), got
-        recs = [r for r in caplog.records if r.name == "supabase_realtime"]
+        recs = [r for r in caplog.records if r.name == "supa_realtime"]
         assert recs and recs[0].exc_info and "boom in callback" in str(recs[0].exc_info[1])
         assert "Traceback" in caplog.text and "boom in callback" in caplog.text
         assert ch.status == "SUBSCRIBED" and client.is_connected
@@ -211,7 +211,7 @@ async def test_async_callback_that_raises(server: Any, caplog: Any) -> None:
     ch = client.channel("araising", {"config": {"broadcast": {"self": True}}})
     ch.on_broadcast("e", bad)
     await ch.subscribe()
-    with caplog.at_level(logging.ERROR, logger="supabase_realtime"):
+    with caplog.at_level(logging.ERROR, logger="supa_realtime"):
         for n in range(1, 4):
             await ch.send_broadcast("e", {"n": n})
         assert await await_for(lambda: got == [2, 3]), got
@@ -220,7 +220,7 @@ async def test_async_callback_that_raises(server: Any, caplog: Any) -> None:
 
 
 def test_exceptions_are_importable_and_carry_reason() -> None:
-    from supabase_realtime import AuthorizationError, NotConnectedError, RealtimeError
+    from supa_realtime import AuthorizationError, NotConnectedError, RealtimeError
     import pickle
 
     e = AuthorizationError("refused (server: Unauthorized)", "Unauthorized", "authorization")
@@ -228,7 +228,7 @@ def test_exceptions_are_importable_and_carry_reason() -> None:
     e2 = pickle.loads(pickle.dumps(e))
     assert type(e2) is AuthorizationError and e2.reason == "Unauthorized" and str(e2) == str(e)
     assert issubclass(NotConnectedError, RealtimeError)
-    assert set(supabase_realtime.__all__) >= {"create_client", "create_async_client", "acreate_client", "AuthorizationError", "NotConnectedError"}
+    assert set(supa_realtime.__all__) >= {"create_client", "create_async_client", "acreate_client", "AuthorizationError", "NotConnectedError"}
 
 
 def test_blocking_call_releases_the_gil(server: Any) -> None:
@@ -247,7 +247,7 @@ def test_blocking_call_releases_the_gil(server: Any) -> None:
     t = threading.Thread(target=spin)
     t.start()
     try:
-        with pytest.raises(supabase_realtime.AuthorizationError) as ei:
+        with pytest.raises(supa_realtime.AuthorizationError) as ei:
             client.channel("x").subscribe(timeout=3000)
         assert "not a valid JWT" in (ei.value.reason or "")
     finally:

@@ -12,7 +12,7 @@ from typing import Any, List
 import pytest
 
 from conftest import ANON_KEY, mint_jwt, wait_for
-from supabase_realtime import (
+from supa_realtime import (
     AuthorizationError,
     NotConnectedError,
     RealtimeSubscribeStates,

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ANON_KEY, Server, wait_for
 from support import Out
-from supabase_realtime import AsyncRealtimeClient, create_client
+from supa_realtime import AsyncRealtimeClient, create_client
 
 DDL = """
 DROP PUBLICATION IF EXISTS pub_pyrt;

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ANON_KEY, mint_jwt, wait_for
 from support import Out
-from supabase_realtime import AuthorizationError, NotConnectedError, create_client
+from supa_realtime import AuthorizationError, NotConnectedError, create_client
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_channel_management(supabase: Any, capsys: Any) -> None:
 
 @pytest.mark.asyncio
 async def test_async_channel_management(server: Any) -> None:
-    from supabase_realtime import create_async_client
+    from supa_realtime import create_async_client
 
     url, key = server.url, ANON_KEY
     # Async channel management

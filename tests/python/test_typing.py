@@ -13,7 +13,7 @@ import pytest
 SAMPLE = textwrap.dedent(
     '''
     from typing import Any, Dict, List, Optional
-    from supabase_realtime import (
+    from supa_realtime import (
         AsyncRealtimeChannel, AsyncRealtimeClient, AuthorizationError, NotConnectedError,
         RealtimeSubscribeStates, SyncRealtimeChannel, SyncRealtimeClient, create_async_client,
         create_client,

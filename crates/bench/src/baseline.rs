@@ -1,5 +1,5 @@
 //! The ceiling: a raw WebSocket fan-out server (tokio-tungstenite, no protocol logic), run
-//! as its own process (`supabase-realtime-bench baseline-server`) so its CPU and RSS are
+//! as its own process (`supa-realtime-bench baseline-server`) so its CPU and RSS are
 //! measured like the real server's.
 //!
 //! Subscribers connect to `/?g=<group>`; the sender connects to `/?sender=1` and sends text

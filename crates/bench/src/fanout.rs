@@ -2,7 +2,7 @@
 //! at saturation (a bounded number of deliveries in flight) and end-to-end latency, then
 //! latency again at a fixed moderate rate. The same receivers (raw tokio-tungstenite
 //! sockets that only read the timestamp) and the same frames run against the raw baseline
-//! server and against supabase-realtime-server with either serializer.
+//! server and against supa-realtime-server with either serializer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use supabase_realtime_protocol::{binary, UserBroadcast, UserPayload};
+use supa_realtime_protocol::{binary, UserBroadcast, UserPayload};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::common::*;
@@ -22,7 +22,7 @@ use crate::common::*;
 pub enum Target {
     /// The raw fan-out server ([`crate::baseline`]).
     Baseline,
-    /// supabase-realtime-server, subscribers and sender on serializer 1.0.0 or 2.0.0.
+    /// supa-realtime-server, subscribers and sender on serializer 1.0.0 or 2.0.0.
     Server { v2: bool },
 }
 

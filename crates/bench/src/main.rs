@@ -1,4 +1,4 @@
-//! `supabase-realtime-bench`: loopback benchmarks of supabase-realtime, one command, one run.
+//! `supa-realtime-bench`: loopback benchmarks of supa-realtime, one command, one run.
 //!
 //! ```sh
 //! scripts/bench.sh            # release build, full run, writes BENCHMARKS.md and bench/*.png
@@ -34,7 +34,7 @@ use fanout::{FanoutParams, Target};
 
 #[derive(Parser)]
 #[command(
-    about = "Loopback benchmarks of supabase-realtime; writes BENCHMARKS.md and charts",
+    about = "Loopback benchmarks of supa-realtime; writes BENCHMARKS.md and charts",
     args_override_self = true
 )]
 struct Cli {
@@ -50,9 +50,9 @@ struct Cli {
     #[arg(long, default_value = "bench")]
     charts: PathBuf,
     /// The server binary (release build).
-    #[arg(long, default_value = "target/release/supabase-realtime-server")]
+    #[arg(long, default_value = "target/release/supa-realtime-server")]
     server_bin: PathBuf,
-    /// Python with `realtime` (and `supabase_realtime`) installed.
+    /// Python with `realtime` (and `supa_realtime`) installed.
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
     /// The Python client driver.
@@ -207,7 +207,7 @@ impl Ctx {
         args.extend(extra.iter().cloned());
         if !extra.iter().any(|a| a == "--log-level") {
             // BENCH_SERVER_LOG_LEVEL: e.g. `debug` when a scenario fails (logs in
-            // $TMPDIR/supabase-realtime-bench-logs/)
+            // $TMPDIR/supa-realtime-bench-logs/)
             let level = std::env::var("BENCH_SERVER_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
             args.extend(["--log-level".to_string(), level]);
         }
@@ -345,7 +345,7 @@ fn main() -> std::process::ExitCode {
     let code = rt.block_on(async move {
         let self_exe = std::env::current_exe().expect("current exe");
         let _ = std::fs::create_dir_all(&cli.charts);
-        let logs = std::env::temp_dir().join("supabase-realtime-bench-logs");
+        let logs = std::env::temp_dir().join("supa-realtime-bench-logs");
         let _ = std::fs::create_dir_all(&logs);
         let bar = ProgressBar::new(1);
         bar.set_style(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use supabase_realtime::{
+use supa_realtime::{
     ChannelConfig, ClientOptions, PostgresChangesFilter, PostgresEvent, RealtimeClient,
 };
 
@@ -328,7 +328,7 @@ pub async fn run(
         let t = now_us() as i64;
         c.execute(&send, &[&t]).await?;
         let committed = now_us();
-        let t_of = |g: &supabase_realtime::BroadcastMessage| {
+        let t_of = |g: &supa_realtime::BroadcastMessage| {
             g.payload
                 .as_json()
                 .and_then(|v| v.get("t"))

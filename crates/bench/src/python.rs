@@ -1,4 +1,4 @@
-//! Python clients: `supabase_realtime` and the official `realtime`, each in its own Python
+//! Python clients: `supa_realtime` and the official `realtime`, each in its own Python
 //! process, subscribed to the same broadcast stream in the same run (bench/py_client.py).
 //! The server runs with `--slow-consumer-policy drop`, so a client that cannot keep up
 //! loses frames instead of its socket, and each client's callback rate is what it can take.
@@ -155,7 +155,7 @@ pub async fn run(
     let mut procs: Vec<(&str, Option<PyProc>)> = Vec::new();
     for imp in ["ours", "official"] {
         let module = if imp == "ours" {
-            "supabase_realtime"
+            "supa_realtime"
         } else {
             "realtime"
         };

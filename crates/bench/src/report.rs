@@ -300,7 +300,7 @@ pub fn write(
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Measured by `scripts/bench.sh{}` (the `supabase-realtime-bench` crate, `crates/bench`), all on loopback, in one run: {}. \
+        "Measured by `scripts/bench.sh{}` (the `supa-realtime-bench` crate, `crates/bench`), all on loopback, in one run: {}. \
          Every figure stands next to its reference measured in the same run: the raw WebSocket fan-out server for the server, \
          the official Python client for ours. Nothing here is asserted by a test; CI runs `scripts/bench.sh --quick` only to keep the harness working.\n",
         if quick { " --quick" } else { "" },
@@ -342,7 +342,7 @@ pub fn write(
          *Saturated*: the sender keeps at most {} deliveries in flight for {:.0} s after a warm-up; deliveries/s and latency are measured together. \
          *Paced*: latency at a fixed rate, half of the baseline's saturated deliveries/s (the throughput target), sent in 1 ms ticks for up to 3 s; \
          this is the latency the p99 target is read on, since at saturation latency is set by how much is let in flight. Latency = receive time - send time carried in the payload, in ms (p50 / p95 / p99). \
-         The baseline server (`supabase-realtime-bench baseline-server`) forwards the exact 1.0.0 frames the server delivers, with the same writer shape \
+         The baseline server (`supa-realtime-bench baseline-server`) forwards the exact 1.0.0 frames the server delivers, with the same writer shape \
          (one task per socket, bounded queue, batch then flush). v1 = serializer 1.0.0 (JSON text), v2 = 2.0.0 (sender pushes binary kind-3, subscribers get binary kind-4). \
          The receivers share the machine's 2 cores with the server, so deliveries/s is partly bound by them, for the baseline as for the server; \
          *server CPU µs/delivery* (the server process's user + system time during the saturated phase, from /proc, over the deliveries in that time) \
@@ -400,7 +400,7 @@ pub fn write(
         .unwrap_or(0.0);
     for (name, c) in [
         ("baseline (raw WebSocket)", &r.conns_baseline),
-        ("supabase-realtime-server", &r.conns_server),
+        ("supa-realtime-server", &r.conns_server),
     ] {
         match c {
             Some(Ok(c)) => {
@@ -443,7 +443,7 @@ pub fn write(
                 );
                 let _ = writeln!(md, "| client | callbacks | callbacks/s | vs official | round trip p50 / p95 / p99 ms | vs official p50 |\n|---|---|---|---|---|---|");
                 for (name, c) in [
-                    ("supabase_realtime", &p.ours),
+                    ("supa_realtime", &p.ours),
                     ("realtime (official)", &p.official),
                 ] {
                     if c.available {
@@ -676,7 +676,7 @@ fn draw(dir: &Path, r: &Results) {
             &cats,
             &[
                 (
-                    "supabase_realtime".into(),
+                    "supa_realtime".into(),
                     vec![p.ours.per_sec, p.ours.rtt.p50 * 10_000.0],
                 ),
                 (
@@ -700,7 +700,7 @@ fn draw(dir: &Path, r: &Results) {
     }
     if let Some(Ok(p)) = &r.python {
         cdf.push((
-            "Python round trip, supabase_realtime".to_string(),
+            "Python round trip, supa_realtime".to_string(),
             p.ours.rtt_samples.clone(),
         ));
         cdf.push((

@@ -16,7 +16,7 @@ pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Sen
 /// connection task, so a slow provider delays only the refresh.
 ///
 /// ```
-/// use supabase_realtime::TokenProvider;
+/// use supa_realtime::TokenProvider;
 ///
 /// let provider = TokenProvider::new(|| async { Ok::<_, String>("eyJ...".to_owned()) });
 /// # let _ = provider;

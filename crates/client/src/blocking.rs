@@ -9,8 +9,8 @@
 //! run on the runtime's worker thread. Do not call these methods from async code.
 //!
 //! ```no_run
-//! use supabase_realtime::blocking::RealtimeClient;
-//! use supabase_realtime::{ChannelConfig, ClientOptions};
+//! use supa_realtime::blocking::RealtimeClient;
+//! use supa_realtime::{ChannelConfig, ClientOptions};
 //! use serde_json::json;
 //!
 //! let client = RealtimeClient::connect("http://127.0.0.1:4000", "ANON_KEY", ClientOptions::default())?;
@@ -21,7 +21,7 @@
 //! for msg in messages.take(1) {
 //!     println!("{msg:?}");
 //! }
-//! # Ok::<(), supabase_realtime::Error>(())
+//! # Ok::<(), supa_realtime::Error>(())
 //! ```
 
 use std::sync::Arc;
@@ -95,7 +95,7 @@ pub struct RealtimeChannel {
 fn runtime() -> Result<Arc<Runtime>> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("supabase-realtime")
+        .thread_name("supa-realtime")
         .enable_all()
         .build()
         .map(Arc::new)

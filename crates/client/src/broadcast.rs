@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use supabase_realtime_protocol::{UserBroadcast, UserPayload};
+use supa_realtime_protocol::{UserBroadcast, UserPayload};
 
 /// The user payload of a broadcast.
 #[derive(Debug, Clone, PartialEq)]

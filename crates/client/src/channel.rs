@@ -21,7 +21,7 @@ use crate::rest;
 ///
 /// ```
 /// use std::time::Duration;
-/// use supabase_realtime::{ChannelConfig, RejoinPolicy};
+/// use supa_realtime::{ChannelConfig, RejoinPolicy};
 /// let config = ChannelConfig::default().rejoin(RejoinPolicy {
 ///     auto_rejoin: true,
 ///     max_retries: Some(3),
@@ -66,7 +66,7 @@ impl RejoinPolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use supabase_realtime::ChannelConfig;
+/// use supa_realtime::ChannelConfig;
 /// let config = ChannelConfig::default()
 ///     .broadcast_self(true)
 ///     .broadcast_ack(true)
@@ -271,8 +271,8 @@ pub(crate) struct ChannelInner {
 /// client; the connection task owns its state.
 ///
 /// ```no_run
-/// # async fn demo(client: supabase_realtime::RealtimeClient) -> supabase_realtime::Result<()> {
-/// use supabase_realtime::ChannelConfig;
+/// # async fn demo(client: supa_realtime::RealtimeClient) -> supa_realtime::Result<()> {
+/// use supa_realtime::ChannelConfig;
 /// use serde_json::json;
 ///
 /// let channel = client.channel("room1", ChannelConfig::default().broadcast_ack(true)).await?;

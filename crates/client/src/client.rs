@@ -64,9 +64,9 @@ impl Shared {
 /// handle; the socket is owned by one background task (see the crate docs).
 ///
 /// ```no_run
-/// use supabase_realtime::{ClientOptions, RealtimeClient};
+/// use supa_realtime::{ClientOptions, RealtimeClient};
 ///
-/// # async fn demo() -> supabase_realtime::Result<()> {
+/// # async fn demo() -> supa_realtime::Result<()> {
 /// let client = RealtimeClient::connect("https://abc.supabase.co", "ANON_KEY", ClientOptions::default()).await?;
 /// println!("{:?}", client.connection_state());
 /// # Ok(()) }

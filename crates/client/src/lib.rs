@@ -6,10 +6,10 @@
 //! automatic rejoin of every channel (bindings and presence included) after a reconnect.
 //!
 //! ```no_run
-//! use supabase_realtime::{ChannelConfig, ClientOptions, PostgresChangesFilter, PostgresEvent, RealtimeClient};
+//! use supa_realtime::{ChannelConfig, ClientOptions, PostgresChangesFilter, PostgresEvent, RealtimeClient};
 //! use serde_json::json;
 //!
-//! # async fn demo() -> supabase_realtime::Result<()> {
+//! # async fn demo() -> supa_realtime::Result<()> {
 //! let client = RealtimeClient::connect("https://abc.supabase.co", "ANON_KEY", ClientOptions::default()).await?;
 //!
 //! let room = client.channel("room1", ChannelConfig::default().presence_key("alice")).await?;
@@ -104,4 +104,4 @@ pub use postgres::{
 pub use presence::{Presence, PresenceEvent, PresenceState};
 
 /// The protocol crate this client is built on.
-pub use supabase_realtime_protocol as protocol;
+pub use supa_realtime_protocol as protocol;

@@ -17,10 +17,10 @@ pub enum Vsn {
 
 impl Vsn {
     /// The protocol crate's serializer for this version.
-    pub fn serializer(self) -> supabase_realtime_protocol::Serializer {
+    pub fn serializer(self) -> supa_realtime_protocol::Serializer {
         match self {
-            Vsn::V1 => supabase_realtime_protocol::Serializer::V1,
-            Vsn::V2 => supabase_realtime_protocol::Serializer::V2,
+            Vsn::V1 => supa_realtime_protocol::Serializer::V1,
+            Vsn::V2 => supa_realtime_protocol::Serializer::V2,
         }
     }
 
@@ -63,7 +63,7 @@ impl Default for OfflinePolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use supabase_realtime::{ClientOptions, Vsn};
+/// use supa_realtime::{ClientOptions, Vsn};
 ///
 /// let options = ClientOptions::default()
 ///     .with_vsn(Vsn::V1)

@@ -49,7 +49,7 @@ impl PostgresEvent {
 /// (`id=eq.1`, PROTOCOL.md §5.5).
 ///
 /// ```
-/// use supabase_realtime::{PostgresChangesFilter, PostgresEvent};
+/// use supa_realtime::{PostgresChangesFilter, PostgresEvent};
 ///
 /// let f = PostgresChangesFilter::new(PostgresEvent::Insert).schema("public").table("todos").filter("id=gt.10");
 /// assert_eq!(f.to_json()["filter"], "id=gt.10");

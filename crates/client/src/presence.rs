@@ -1,13 +1,13 @@
 //! Presence as users see it (PROTOCOL.md §6.3): `presence_ref` instead of `phx_ref`.
 //!
-//! The state itself is kept by [`supabase_realtime_protocol::presence::PresenceSync`], which
+//! The state itself is kept by [`supa_realtime_protocol::presence::PresenceSync`], which
 //! implements the Phoenix sync algorithm including diffs that arrive before the state.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use supabase_realtime_protocol::presence::{self as proto, user_meta};
+use supa_realtime_protocol::presence::{self as proto, user_meta};
 
 /// One presence of a key: the tracked payload plus `presence_ref`.
 pub type Presence = Map<String, Value>;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{jwt, Server, ANON};
 use serde_json::json;
-use supabase_realtime::{
+use supa_realtime::{
     BroadcastPayload, ChannelConfig, ChannelStatus, ClientEvent, ClientOptions, ConnectionState,
     ErrorKind, EventStream, OfflinePolicy, PresenceEvent, RealtimeChannel, RealtimeClient,
     TokenProvider, Vsn,
@@ -607,7 +607,7 @@ async fn channels_unsubscribe_and_remove() {
 fn blocking_facade_round_trip() {
     let server = Server::start();
     let client =
-        supabase_realtime::blocking::RealtimeClient::connect(&server.url(), ANON, fast(Vsn::V2))
+        supa_realtime::blocking::RealtimeClient::connect(&server.url(), ANON, fast(Vsn::V2))
             .unwrap();
     let ch = client
         .channel(
@@ -713,7 +713,7 @@ async fn postgres_changes_end_to_end() {
         .channel("db", ChannelConfig::default())
         .await
         .unwrap();
-    use supabase_realtime::{PostgresChangesFilter, PostgresEvent};
+    use supa_realtime::{PostgresChangesFilter, PostgresEvent};
     let mut all = ch
         .postgres_changes(PostgresChangesFilter::new(PostgresEvent::All).table(&table))
         .await

@@ -13,7 +13,7 @@
 //! presence state/diff algebra ([`presence`]). The server and the client are built on it.
 //!
 //! ```
-//! use supabase_realtime_protocol::{Serializer, Message, WireFrame, ClientFrame};
+//! use supa_realtime_protocol::{Serializer, Message, WireFrame, ClientFrame};
 //! use serde_json::json;
 //!
 //! let join = Message::new(Some("1".into()), Some("1".into()), "realtime:room1", "phx_join",

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use supabase_realtime_protocol::presence::{
+use supa_realtime_protocol::presence::{
     meta_ref, Meta, PresenceDiff, PresenceEvent, PresenceState, PresenceSync,
 };
 

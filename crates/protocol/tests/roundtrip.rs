@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use supabase_realtime_protocol::binary::{self, BinaryPush, ServerBinary};
-use supabase_realtime_protocol::{
+use supa_realtime_protocol::binary::{self, BinaryPush, ServerBinary};
+use supa_realtime_protocol::{
     ClientFrame, Message, Serializer, ServerFrame, UserBroadcast, UserPayload, WireFrame,
 };
 

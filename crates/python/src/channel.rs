@@ -1,4 +1,4 @@
-//! `NativeChannel`: the Python handle of one `supabase_realtime::RealtimeChannel`.
+//! `NativeChannel`: the Python handle of one `supa_realtime::RealtimeChannel`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use supabase_realtime::{
+use supa_realtime::{
     BroadcastPayload, ChannelStatus, Error, ErrorKind, PostgresChangesFilter, PostgresEvent,
     RealtimeChannel,
 };
@@ -26,9 +26,9 @@ struct Listeners {
     status: Option<Handlers>,
 }
 
-/// The native channel. Use `supabase_realtime.SyncRealtimeChannel` /
+/// The native channel. Use `supa_realtime.SyncRealtimeChannel` /
 /// `AsyncRealtimeChannel`, which wrap it.
-#[pyclass(frozen, module = "supabase_realtime._native")]
+#[pyclass(frozen, module = "supa_realtime._native")]
 pub(crate) struct NativeChannel {
     pub(crate) inner: RealtimeChannel,
     dispatcher: Arc<Dispatcher>,

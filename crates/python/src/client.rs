@@ -1,4 +1,4 @@
-//! `NativeClient`: the Python handle of one `supabase_realtime::RealtimeClient`.
+//! `NativeClient`: the Python handle of one `supa_realtime::RealtimeClient`.
 //!
 //! Every method comes in a blocking form (waits on this thread with the GIL released,
 //! waking every 100 ms for Ctrl-C) and, where it waits on the server, an `_async` form that
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use supabase_realtime::{ConnectionState, Error, RealtimeClient};
+use supa_realtime::{ConnectionState, Error, RealtimeClient};
 
 use crate::channel::NativeChannel;
 use crate::dispatch::{set_open, Dispatcher, Handler, Mode, Shape, SharedClientHandlers};
@@ -38,7 +38,7 @@ async fn connect(client: RealtimeClient, timeout: Option<Duration>) -> Result<()
     match timeout {
         Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
             Err(Error::new(
-                supabase_realtime::ErrorKind::Timeout,
+                supa_realtime::ErrorKind::Timeout,
                 "connecting timed out",
             ))
         }),
@@ -46,9 +46,9 @@ async fn connect(client: RealtimeClient, timeout: Option<Duration>) -> Result<()
     }
 }
 
-/// The native client. Use `supabase_realtime.SyncRealtimeClient` /
+/// The native client. Use `supa_realtime.SyncRealtimeClient` /
 /// `AsyncRealtimeClient`, which wrap it.
-#[pyclass(frozen, module = "supabase_realtime._native")]
+#[pyclass(frozen, module = "supa_realtime._native")]
 pub(crate) struct NativeClient {
     pub(crate) inner: RealtimeClient,
     pub(crate) dispatcher: Arc<Dispatcher>,
@@ -61,7 +61,7 @@ impl NativeClient {
             .add_client_handler(&self.client_handlers, Handler { callback, shape });
     }
 
-    fn wrap(&self, ch: supabase_realtime::RealtimeChannel) -> NativeChannel {
+    fn wrap(&self, ch: supa_realtime::RealtimeChannel) -> NativeChannel {
         NativeChannel::new(ch, self.dispatcher.clone())
     }
 }

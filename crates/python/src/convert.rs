@@ -5,7 +5,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
-use supabase_realtime::{BroadcastPayload, Presence};
+use supa_realtime::{BroadcastPayload, Presence};
 
 /// A JSON value as a Python object (`dict`, `list`, `str`, `int`, `float`, `bool`, `None`).
 pub(crate) fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {

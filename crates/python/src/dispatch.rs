@@ -4,7 +4,7 @@
 //!
 //! 1. The client crate parses every frame in Rust and offers each event to a bounded queue
 //!    per stream (it never waits for a consumer; when a queue is full newer events are
-//!    dropped for that consumer and counted, see `supabase_realtime::events`).
+//!    dropped for that consumer and counted, see `supa_realtime::events`).
 //! 2. One *forwarder* task per (channel, kind of event) drains its stream with
 //!    `recv_many`, matches the events against the handlers registered for it and sends the
 //!    resulting items, as one batch, into the client's dispatch queue (bounded: a slow
@@ -16,14 +16,14 @@
 //!    (sync client) or hands the whole batch to the event loop with **one**
 //!    `loop.call_soon_threadsafe` (async client). `async def` callbacks are awaited (as
 //!    tasks on the loop). An exception in a callback is logged with its traceback by the
-//!    `supabase_realtime` logger and delivery continues.
+//!    `supa_realtime` logger and delivery continues.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use supabase_realtime::{
+use supa_realtime::{
     BroadcastMessage, ChannelStatus, ClientEvent, EventStream, PostgresChange, PresenceEvent,
     SystemMessage,
 };
@@ -216,7 +216,7 @@ impl Handler {
             }
             (Shape::SystemOfficial, Event::System(s)) => {
                 let cls = py
-                    .import("supabase_realtime._types")?
+                    .import("supa_realtime._types")?
                     .getattr("SystemPayload")?;
                 let v = cls.call1((
                     s.channel.as_deref().unwrap_or_default(),
@@ -228,7 +228,7 @@ impl Handler {
             }
             (Shape::SubscribeState, Event::Status(s)) => {
                 let cls = py
-                    .import("supabase_realtime._types")?
+                    .import("supa_realtime._types")?
                     .getattr("RealtimeSubscribeStates")?;
                 let state = cls.call1((s.as_str(),))?;
                 let err = match s {
@@ -293,8 +293,8 @@ fn presence_change(
     d: &Bound<'_, PyDict>,
     event: &str,
     key: &str,
-    current: &[supabase_realtime::Presence],
-    changed: &[supabase_realtime::Presence],
+    current: &[supa_realtime::Presence],
+    changed: &[supa_realtime::Presence],
     (camel, snake): (&str, &str),
 ) -> PyResult<()> {
     d.set_item("event", event)?;
@@ -375,7 +375,7 @@ fn postgres_official<'py>(py: Python<'py>, c: &PostgresChange) -> PyResult<Bound
         cols.append(col)?;
     }
     data.set_item("columns", cols)?;
-    use supabase_realtime::PostgresEvent as E;
+    use supa_realtime::PostgresEvent as E;
     if matches!(c.event_type, E::Insert | E::Update) {
         data.set_item("record", map_to_py(py, &c.new)?)?;
     }
@@ -441,7 +441,7 @@ impl Dispatcher {
         let stopped = Arc::new(AtomicBool::new(false));
         let (m, s) = (mode.clone(), stopped.clone());
         std::thread::Builder::new()
-            .name("supabase-realtime-callbacks".into())
+            .name("supa-realtime-callbacks".into())
             .spawn(move || dispatch_loop(rx, &m, &s))
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
         Ok(Dispatcher { tx, mode, stopped })
@@ -582,7 +582,7 @@ fn dispatch_loop(mut rx: mpsc::Receiver<Vec<Item>>, mode: &Mode, stopped: &Atomi
             if let Err(e) = deliver(py, mode, &items) {
                 log_error(
                     py,
-                    "supabase_realtime: could not deliver events to callbacks",
+                    "supa_realtime: could not deliver events to callbacks",
                     e,
                 );
             }
@@ -597,10 +597,10 @@ fn deliver(py: Python<'_>, mode: &Mode, items: &[Item]) -> PyResult<()> {
     for item in items {
         match item.handler.args(py, &item.event) {
             Ok(args) => batch.append((item.handler.callback.clone_ref(py), args))?,
-            Err(e) => log_error(py, "supabase_realtime: could not convert an event", e),
+            Err(e) => log_error(py, "supa_realtime: could not convert an event", e),
         }
     }
-    let helpers = py.import("supabase_realtime._dispatch")?;
+    let helpers = py.import("supa_realtime._dispatch")?;
     let event_loop = match mode {
         Mode::Sync => None,
         Mode::Async(l) => l
@@ -626,12 +626,12 @@ fn deliver(py: Python<'_>, mode: &Mode, items: &[Item]) -> PyResult<()> {
     Ok(())
 }
 
-/// Log `e` through Python's `logging` (`supabase_realtime` logger) with its traceback.
+/// Log `e` through Python's `logging` (`supa_realtime` logger) with its traceback.
 pub(crate) fn log_error(py: Python<'_>, what: &str, e: PyErr) {
     let logged = (|| -> PyResult<()> {
         let logger = py
             .import("logging")?
-            .call_method1("getLogger", ("supabase_realtime",))?;
+            .call_method1("getLogger", ("supa_realtime",))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("exc_info", e.value(py))?;
         logger.call_method("error", (what,), Some(&kwargs))?;

@@ -1,11 +1,11 @@
 //! From the client's typed errors to Python exceptions.
 //!
-//! The exception classes live in `supabase_realtime/_exceptions.py` (so they can use
+//! The exception classes live in `supa_realtime/_exceptions.py` (so they can use
 //! multiple inheritance, e.g. `RealtimeTimeoutError(RealtimeError, TimeoutError)`, and
 //! pickle); each carries `message`, `reason` (the server's, verbatim, or `None`) and `kind`.
 
 use pyo3::prelude::*;
-use supabase_realtime::{ChannelStatus, Error, ErrorKind};
+use supa_realtime::{ChannelStatus, Error, ErrorKind};
 
 /// The exception class name for an error kind.
 pub(crate) fn class_name(kind: ErrorKind) -> &'static str {
@@ -44,7 +44,7 @@ pub(crate) fn new_exception<'py>(
     reason: Option<&str>,
     kind: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let module = py.import("supabase_realtime._exceptions")?;
+    let module = py.import("supa_realtime._exceptions")?;
     module.getattr(class)?.call1((message, reason, kind))
 }
 

@@ -1,8 +1,8 @@
-//! `supabase_realtime._native`: the compiled core of the `supabase_realtime` Python package.
+//! `supa_realtime._native`: the compiled core of the `supa_realtime` Python package.
 //!
-//! The package's public classes are thin Python wrappers (python/supabase_realtime) over
+//! The package's public classes are thin Python wrappers (python/supa_realtime) over
 //! [`client::NativeClient`] and [`channel::NativeChannel`], which drive the Rust client
-//! crate `supabase-realtime` on one lazy global tokio runtime ([`runtime`]).
+//! crate `supa-realtime` on one lazy global tokio runtime ([`runtime`]).
 //!
 //! # Implementation
 //!

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use supabase_realtime::{ChannelConfig, ClientOptions, OfflinePolicy, Vsn};
+use supa_realtime::{ChannelConfig, ClientOptions, OfflinePolicy, Vsn};
 
 fn get<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
     Ok(d.get_item(key)?.filter(|v| !v.is_none()))

@@ -2,7 +2,7 @@
 //! through which blocking calls wait for it.
 //!
 //! The runtime is pyo3-async-runtimes' (so awaitables and blocking calls share it), built
-//! on first use with two worker threads named `supabase-realtime`. Connection tasks keep
+//! on first use with two worker threads named `supa-realtime`. Connection tasks keep
 //! reading, heartbeating and reconnecting there while Python threads are busy.
 
 use std::future::Future;
@@ -23,7 +23,7 @@ pub(crate) fn runtime() -> &'static Runtime {
     INIT.call_once(|| {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(2)
-            .thread_name("supabase-realtime")
+            .thread_name("supa-realtime")
             .enable_all();
         pyo3_async_runtimes::tokio::init(b);
     });

@@ -28,7 +28,7 @@ pub enum SlowConsumerPolicy {
     Drop,
 }
 
-/// Flags of `supabase-realtime-server serve`. Defaults are upstream's, so code written against
+/// Flags of `supa-realtime-server serve`. Defaults are upstream's, so code written against
 /// Supabase behaves the same here.
 #[derive(Debug, Clone, Args)]
 pub struct Config {

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
 use bytes::Bytes;
-use supabase_realtime_protocol::{binary, Message, Serializer, UserBroadcast, WireFrame};
+use supa_realtime_protocol::{binary, Message, Serializer, UserBroadcast, WireFrame};
 
 /// What is being fanned out.
 #[derive(Debug)]

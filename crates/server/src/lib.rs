@@ -6,10 +6,10 @@
 //! upstream's limits and error texts. With no database it serves broadcast and presence from
 //! memory.
 //!
-//! Run it with the `supabase-realtime-server serve` command, or embed it:
+//! Run it with the `supa-realtime-server serve` command, or embed it:
 //!
 //! ```no_run
-//! use supabase_realtime_server::{Config, Server};
+//! use supa_realtime_server::{Config, Server};
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let server = Server::bind(Config::new("127.0.0.1:0".parse().unwrap())).await?;

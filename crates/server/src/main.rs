@@ -1,12 +1,12 @@
-//! `supabase-realtime-server`: the command line.
+//! `supa-realtime-server`: the command line.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use supabase_realtime_server::config::{Config, LogFormat, DEFAULT_JWT_SECRET};
-use supabase_realtime_server::postgres::{ChangeFeed, PostgresConfig};
+use supa_realtime_server::config::{Config, LogFormat, DEFAULT_JWT_SECRET};
+use supa_realtime_server::postgres::{ChangeFeed, PostgresConfig};
 use tracing_subscriber::EnvFilter;
 
 /// A Supabase Realtime server: broadcast, presence and postgres_changes over the protocol
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             }
             println!(
                 "{}",
-                supabase_realtime_server::auth::sign_hs256(&jwt_secret, &claims)
+                supa_realtime_server::auth::sign_hs256(&jwt_secret, &claims)
             );
             ExitCode::SUCCESS
         }
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(supabase_realtime_server::run(*config)) {
+            match runtime.block_on(supa_realtime_server::run(*config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "server failed");

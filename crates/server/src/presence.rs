@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use supabase_realtime_protocol::presence::{Meta, PresenceDiff, PresenceState};
+use supa_realtime_protocol::presence::{Meta, PresenceDiff, PresenceState};
 
 use crate::registry::SubId;
 

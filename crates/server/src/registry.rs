@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use supabase_realtime_protocol::presence::PresenceDiff;
-use supabase_realtime_protocol::{event, Message, Serializer};
+use supa_realtime_protocol::presence::PresenceDiff;
+use supa_realtime_protocol::{event, Message, Serializer};
 use tokio::sync::mpsc;
 
 use crate::connection::{Control, Outbox};
@@ -73,11 +73,7 @@ impl Topic {
 
     /// The wire topic, `realtime:<name>`.
     pub(crate) fn wire_topic(&self) -> String {
-        format!(
-            "{}{}",
-            supabase_realtime_protocol::TOPIC_PREFIX,
-            self.key.name
-        )
+        format!("{}{}", supa_realtime_protocol::TOPIC_PREFIX, self.key.name)
     }
 
     /// Add a subscriber. `before_visible` runs while the subscriber is registered but before

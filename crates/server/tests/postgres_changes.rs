@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use supabase_realtime_server::auth::sign_hs256;
-use supabase_realtime_server::config::DEFAULT_JWT_SECRET;
+use supa_realtime_server::auth::sign_hs256;
+use supa_realtime_server::config::DEFAULT_JWT_SECRET;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -68,7 +68,7 @@ impl ServerProc {
         port: Option<u16>,
     ) -> ServerProc {
         let addr = format!("127.0.0.1:{}", port.unwrap_or_else(free_port));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_supabase-realtime-server"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_supa-realtime-server"));
         cmd.args([
             "serve",
             "--addr",
@@ -944,7 +944,7 @@ async fn database_restart_under_live_subscription() {
     }
     let env = [
         ("PG_PORT", "54339"),
-        ("PG_BASE", "/tmp/supabase-realtime-pg-restart-test"),
+        ("PG_BASE", "/tmp/supa-realtime-pg-restart-test"),
     ];
     let Some(url) = postgres_sh(&["start"], &env) else {
         panic!("could not start the second cluster with scripts/postgres.sh");
@@ -1053,7 +1053,7 @@ async fn access_token_refresh_switches_claims() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_drops_slot_and_publication() {
-    use supabase_realtime_server::postgres::{ChangeFeed, PostgresConfig};
+    use supa_realtime_server::postgres::{ChangeFeed, PostgresConfig};
     let Some(url) = require_db("cleanup_drops_slot_and_publication") else {
         return;
     };

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use supabase_realtime_protocol::binary::ServerBinary;
-use supabase_realtime_protocol::{Message, Serializer, ServerFrame, UserPayload};
-use supabase_realtime_server::auth::sign_hs256;
-use supabase_realtime_server::config::DEFAULT_JWT_SECRET;
-use supabase_realtime_server::Server;
+use supa_realtime_protocol::binary::ServerBinary;
+use supa_realtime_protocol::{Message, Serializer, ServerFrame, UserPayload};
+use supa_realtime_server::auth::sign_hs256;
+use supa_realtime_server::config::DEFAULT_JWT_SECRET;
+use supa_realtime_server::Server;
 use support::postgres::{db, require_db};
 use support::*;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use supabase_realtime_protocol::binary::{self, ServerBinary};
-use supabase_realtime_protocol::{Message, Serializer, ServerFrame, UserBroadcast, UserPayload};
+use supa_realtime_protocol::binary::{self, ServerBinary};
+use supa_realtime_protocol::{Message, Serializer, ServerFrame, UserBroadcast, UserPayload};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -286,7 +286,7 @@ async fn handshake_refusals_have_upstream_status_and_body() {
         handshake_error(&srv, &format!("apikey={expired}")).await,
         (401, r#"{"error":"Token has expired"}"#.into())
     );
-    let forged = supabase_realtime_server::auth::sign_hs256(
+    let forged = supa_realtime_server::auth::sign_hs256(
         "another-secret-another-secret-another",
         &serde_json::json!({"role": "anon", "exp": now() + 60}),
     );
@@ -297,8 +297,8 @@ async fn handshake_refusals_have_upstream_status_and_body() {
             r#"{"error":"Failed to validate JWT signature"}"#.into()
         )
     );
-    let no_role = supabase_realtime_server::auth::sign_hs256(
-        supabase_realtime_server::config::DEFAULT_JWT_SECRET,
+    let no_role = supa_realtime_server::auth::sign_hs256(
+        supa_realtime_server::config::DEFAULT_JWT_SECRET,
         &serde_json::json!({"exp": now() + 60}),
     );
     assert_eq!(

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use supabase_realtime_protocol::binary::{self, ServerBinary};
-use supabase_realtime_protocol::presence::{state_from_wire, PresenceDiff, PresenceSync};
-use supabase_realtime_protocol::{
+use supa_realtime_protocol::binary::{self, ServerBinary};
+use supa_realtime_protocol::presence::{state_from_wire, PresenceDiff, PresenceSync};
+use supa_realtime_protocol::{
     event as ev, Message, Serializer, ServerFrame, Status, UserBroadcast, UserPayload, WireFrame,
     PHOENIX_TOPIC,
 };
@@ -255,7 +255,7 @@ impl ChannelEntry {
                 .is_some_and(|k| !k.is_empty())
     }
 
-    fn apply_presence(&mut self, events: Vec<supabase_realtime_protocol::presence::PresenceEvent>) {
+    fn apply_presence(&mut self, events: Vec<supa_realtime_protocol::presence::PresenceEvent>) {
         if events.is_empty() {
             return;
         }
@@ -795,7 +795,7 @@ impl Task {
         json!({
             "config": config,
             "access_token": self.token.clone().unwrap_or_else(|| self.apikey.clone()),
-            "version": concat!("supabase-realtime-rs/", env!("CARGO_PKG_VERSION")),
+            "version": concat!("supa-realtime-rs/", env!("CARGO_PKG_VERSION")),
         })
     }
 
@@ -1663,10 +1663,10 @@ impl Task {
                 config,
                 reply,
             } => {
-                let topic = if topic.starts_with(supabase_realtime_protocol::TOPIC_PREFIX) {
+                let topic = if topic.starts_with(supa_realtime_protocol::TOPIC_PREFIX) {
                     topic
                 } else {
-                    format!("{}{topic}", supabase_realtime_protocol::TOPIC_PREFIX)
+                    format!("{}{topic}", supa_realtime_protocol::TOPIC_PREFIX)
                 };
                 if let Some(ch) = self.topics.get(&topic).and_then(|id| self.channels.get(id)) {
                     let _ = reply.send(ch.parts());

@@ -39,11 +39,11 @@ fn server_bin() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let bin = target.join("debug/supabase-realtime-server");
+    let bin = target.join("debug/supa-realtime-server");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "supabase-realtime-server"])
+            .args(["build", "-p", "supa-realtime-server"])
             .status()
             .expect("cargo build of the server");
         assert!(status.success(), "building the server failed");

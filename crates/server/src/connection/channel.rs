@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use supabase_realtime_protocol::join::JoinConfig;
+use supa_realtime_protocol::join::JoinConfig;
 
 use crate::auth::Claims;
 use crate::database::authorization::ReadAccess;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use supabase_realtime_protocol::join::{postgres_changes_id, JoinConfig, JoinPayload, Replay};
-use supabase_realtime_protocol::presence::state_to_wire;
-use supabase_realtime_protocol::{event, sub_topic, Message, Status, UserBroadcast, UserPayload};
+use supa_realtime_protocol::join::{postgres_changes_id, JoinConfig, JoinPayload, Replay};
+use supa_realtime_protocol::presence::state_to_wire;
+use supa_realtime_protocol::{event, sub_topic, Message, Status, UserBroadcast, UserPayload};
 
 use super::{close_code, Channel, Connection, Control};
 use crate::auth::{Claims, JwtError};
@@ -394,7 +394,7 @@ fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: Fee
 /// A replayed message for this socket: JSON rows as text broadcasts, binary rows as kind 4
 /// (2.0.0 only), both marked `"replayed": true`.
 fn replay_frame(
-    serializer: supabase_realtime_protocol::Serializer,
+    serializer: supa_realtime_protocol::Serializer,
     wire_topic: &str,
     stored: &StoredMessage,
 ) -> Option<axum::extract::ws::Message> {

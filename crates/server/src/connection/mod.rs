@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use supabase_realtime_protocol::{
+use supa_realtime_protocol::{
     event, ClientFrame, Message, Serializer, Status, WireFrame, PHOENIX_TOPIC,
 };
 use tokio::sync::mpsc;

@@ -1,8 +1,8 @@
 //! Client pushes on a joined channel: broadcast, presence, access_token.
 
 use serde_json::{json, Map, Value};
-use supabase_realtime_protocol::binary::BinaryPush;
-use supabase_realtime_protocol::{event, Message, Status, UserBroadcast, UserPayload};
+use supa_realtime_protocol::binary::BinaryPush;
+use supa_realtime_protocol::{event, Message, Status, UserBroadcast, UserPayload};
 
 use super::join::may_use_private_channel;
 use super::Connection;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use supabase_realtime_protocol::{UserBroadcast, UserPayload, TOPIC_PREFIX};
+use supa_realtime_protocol::{UserBroadcast, UserPayload, TOPIC_PREFIX};
 use tokio_util::sync::CancellationToken;
 
 use super::Database;

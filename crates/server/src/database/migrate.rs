@@ -43,7 +43,7 @@ pub(crate) async fn run(client: &Client) -> Result<Vec<i64>, tokio_postgres::Err
 
 async fn apply(tx: &Client) -> Result<Vec<i64>, tokio_postgres::Error> {
     tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtext('supabase_realtime_rs_migrations'));
+        "SELECT pg_advisory_xact_lock(hashtext('supa_realtime_rs_migrations'));
          CREATE SCHEMA IF NOT EXISTS realtime;
          CREATE TABLE IF NOT EXISTS realtime.rs_schema_migrations (
            version bigint PRIMARY KEY,

@@ -70,7 +70,7 @@ impl Database {
             .parse()
             .map_err(|e| format!("invalid database URL: {e}"))?;
         let mut config = config;
-        config.application_name("supabase_realtime_rs");
+        config.application_name("supa_realtime_rs");
         let manager = Manager::from_config(
             config,
             NoTls,

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
-use supabase_realtime_protocol::{event, Message, UserBroadcast, UserPayload, TOPIC_PREFIX};
+use supa_realtime_protocol::{event, Message, UserBroadcast, UserPayload, TOPIC_PREFIX};
 
 use crate::auth::Claims;
 use crate::connection::may_use_private_channel;
@@ -110,7 +110,7 @@ pub(super) async fn broadcast_batch(
         }
         let private = m
             .get("private")
-            .and_then(supabase_realtime_protocol::join::flexible_bool)
+            .and_then(supa_realtime_protocol::join::flexible_bool)
             .unwrap_or(false);
         if let (true, Some(t), Some(ev), Some(p)) = (e.is_empty(), topic, event_name, payload) {
             valid.push((

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use supabase_realtime_protocol::Serializer;
+use supa_realtime_protocol::Serializer;
 
 use crate::connection::{self, ConnectInfo};
 use crate::state::AppState;

@@ -264,8 +264,8 @@ async fn session(
     reached_stream: &mut bool,
 ) -> Result<(), String> {
     let cfg = &shared.cfg;
-    let sub_cfg = pg_config(&cfg.database_url, "supabase_realtime_subscribe")?;
-    let feed_cfg = pg_config(&cfg.database_url, "supabase_realtime_rls")?;
+    let sub_cfg = pg_config(&cfg.database_url, "supa_realtime_subscribe")?;
+    let feed_cfg = pg_config(&cfg.database_url, "supa_realtime_rls")?;
     let params = ConnParams::from_config(&sub_cfg).map_err(errs)?;
     let sub_client = connect(&sub_cfg).await?;
     let client = connect(&feed_cfg).await?;
@@ -460,7 +460,7 @@ async fn deliver(
 
 /// Drop the slot and the publication (the `cleanup` request).
 pub(crate) async fn cleanup(cfg: &PostgresConfig) -> Result<(), String> {
-    let client = connect(&pg_config(&cfg.database_url, "supabase_realtime_cleanup")?).await?;
+    let client = connect(&pg_config(&cfg.database_url, "supa_realtime_cleanup")?).await?;
     setup::cleanup(&client, &cfg.slot_name, &cfg.publication)
         .await
         .map_err(errs)

@@ -144,7 +144,7 @@ impl ReplicationConnection {
             ("user", params.user.as_str()),
             ("database", params.dbname.as_str()),
             ("replication", "database"),
-            ("application_name", "supabase_realtime_replication"),
+            ("application_name", "supa_realtime_replication"),
             ("client_encoding", "UTF8"),
             // pgoutput renders values with the walsender's settings: fix the ones that shape
             // the text we type into JSON (see types.rs).

@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use supabase_realtime_protocol::{Message, Serializer, ServerFrame, WireFrame};
-use supabase_realtime_server::auth::sign_hs256;
-use supabase_realtime_server::config::DEFAULT_JWT_SECRET;
-use supabase_realtime_server::{Config, Server};
+use supa_realtime_protocol::{Message, Serializer, ServerFrame, WireFrame};
+use supa_realtime_server::auth::sign_hs256;
+use supa_realtime_server::config::DEFAULT_JWT_SECRET;
+use supa_realtime_server::{Config, Server};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};

@@ -4,7 +4,7 @@ A batch is a list of ``(callback, args)``. Sync clients run it on their dispatch
 thread; async clients get it through one ``loop.call_soon_threadsafe`` per batch and run it
 on the loop. ``async def`` callbacks are awaited (as tasks on the loop; on a sync client,
 on a private loop of the dispatcher thread). An exception in a callback is logged with its
-traceback by the ``supabase_realtime`` logger and never stops delivery.
+traceback by the ``supa_realtime`` logger and never stops delivery.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any, Callable, List, Set, Tuple
 
-logger = logging.getLogger("supabase_realtime")
+logger = logging.getLogger("supa_realtime")
 
 Batch = List[Tuple[Callable[..., Any], Tuple[Any, ...]]]
 
@@ -24,7 +24,7 @@ _tasks: Set["asyncio.Future[Any]"] = set()
 
 
 def _log(cb: Callable[..., Any], exc: BaseException) -> None:
-    logger.error("supabase_realtime: callback %r raised", cb, exc_info=exc)
+    logger.error("supa_realtime: callback %r raised", cb, exc_info=exc)
 
 
 def run_batch(batch: Batch) -> None:

@@ -1,5 +1,5 @@
-"""Stubs of the compiled core (``supabase_realtime._native``). Use the public classes of
-``supabase_realtime``, which wrap these."""
+"""Stubs of the compiled core (``supa_realtime._native``). Use the public classes of
+``supa_realtime``, which wrap these."""
 
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional
 

@@ -542,7 +542,7 @@ class SyncRealtimeClient(_ClientBase):
 
     Example::
 
-        from supabase_realtime import create_client
+        from supa_realtime import create_client
 
         client = create_client("http://127.0.0.1:54321", ANON_KEY)
         channel = client.channel("room-1")
@@ -604,7 +604,7 @@ class AsyncRealtimeClient(_ClientBase):
 
     Example::
 
-        from supabase_realtime import AsyncRealtimeClient
+        from supa_realtime import AsyncRealtimeClient
 
         client = AsyncRealtimeClient("ws://127.0.0.1:54321/realtime/v1", ANON_KEY)
         await client.connect()
@@ -670,7 +670,7 @@ def create_client(url: str, key: str, options: Optional[Mapping[str, Any]] = Non
     """A :class:`SyncRealtimeClient` for ``url`` — a Supabase project URL
     (``http://127.0.0.1:54321`` → ``ws://127.0.0.1:54321/realtime/v1/websocket``) or a
     realtime ``ws(s)://`` URL — with API key ``key``. ``options``: see
-    :class:`~supabase_realtime.ClientOptions` (durations in milliseconds).
+    :class:`~supa_realtime.ClientOptions` (durations in milliseconds).
 
     Example::
 

@@ -2,13 +2,13 @@
 
 Channels with broadcast, presence and postgres_changes; a sync client (callbacks on a
 dispatcher thread) and an asyncio client (callbacks on the loop, ``async def`` awaited).
-The socket is owned by the Rust client ``supabase-realtime``: heartbeats with tracked
+The socket is owned by the Rust client ``supa-realtime``: heartbeats with tracked
 replies, reconnect forever, automatic rejoin of every channel. Frames are parsed in Rust
 and handed to Python in batches.
 
 Both the Supabase Python docs' API and the official ``realtime`` package's names work::
 
-    from supabase_realtime import create_client
+    from supa_realtime import create_client
 
     supabase = create_client("http://127.0.0.1:54321", ANON_KEY)
     channel = supabase.channel("chat-room")
@@ -16,8 +16,8 @@ Both the Supabase Python docs' API and the official ``realtime`` package's names
     channel.subscribe()
     channel.send("message", {"text": "Hello everyone!"})
 
-    # official names: change `from realtime import ...` to `from supabase_realtime import ...`
-    from supabase_realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+    # official names: change `from realtime import ...` to `from supa_realtime import ...`
+    from supa_realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
     client = AsyncRealtimeClient("ws://127.0.0.1:54321/realtime/v1", ANON_KEY)
     channel = client.channel("chat-room")
@@ -28,7 +28,7 @@ Both the Supabase Python docs' API and the official ``realtime`` package's names
 Errors are :class:`RealtimeError` subclasses with the server's reason:
 :class:`AuthorizationError` (refused key, token or permissions) and
 :class:`NotConnectedError` (send on a channel that was left or closed, client closed) among
-them. A callback that raises is logged (logger ``supabase_realtime``) with its traceback;
+them. A callback that raises is logged (logger ``supa_realtime``) with its traceback;
 delivery goes on.
 
 Payloads are JSON: a dict you send arrives as a dict with its keys in **sorted order**, not
