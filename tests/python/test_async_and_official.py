@@ -193,7 +193,7 @@ def test_callback_that_raises_is_logged_and_delivery_continues(server: Any, capl
         recs = [r for r in caplog.records if r.name == "supa_realtime"]
         assert recs and recs[0].exc_info and "boom in callback" in str(recs[0].exc_info[1])
         assert "Traceback" in caplog.text and "boom in callback" in caplog.text
-        assert ch.status == "SUBSCRIBED" and client.is_connected
+        assert ch.status == "SUBSCRIBED" and client.realtime.is_connected
     finally:
         client.close()
 

@@ -122,11 +122,11 @@ def test_channel_auto_reconnect_false(server: Any) -> None:
 def test_channel_hb_interval_drives_the_socket_heartbeat(server: Any) -> None:
     client = create_client(server.url, ANON_KEY)  # client heartbeat: 25 s
     try:
-        client.connect(timeout=5)
+        client.realtime.connect(timeout=5)
         time.sleep(0.5)
-        assert client.heartbeat_latency is None
+        assert client.realtime.heartbeat_latency is None
         ch = client.channel("ticker", {"hb_interval": 150})
-        assert wait_for(lambda: client.heartbeat_latency is not None, 2.0)
+        assert wait_for(lambda: client.realtime.heartbeat_latency is not None, 2.0)
         assert ch.params == {"hb_interval": 150}
     finally:
         client.close()

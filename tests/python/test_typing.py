@@ -14,16 +14,17 @@ SAMPLE = textwrap.dedent(
     '''
     from typing import Any, Dict, List, Optional
     from supa_realtime import (
-        AsyncRealtimeChannel, AsyncRealtimeClient, AuthorizationError, NotConnectedError,
-        RealtimeSubscribeStates, SyncRealtimeChannel, SyncRealtimeClient, create_async_client,
-        create_client,
+        AsyncClient, AsyncRealtimeChannel, AsyncRealtimeClient, AuthorizationError, Client,
+        NotConnectedError, RealtimeSubscribeStates, SyncRealtimeChannel, SyncRealtimeClient,
+        create_async_client, create_client,
     )
 
     def handle(payload: Dict[str, Any]) -> None:
         print(payload["text"])
 
     def sync_usage(url: str, key: str) -> None:
-        client: SyncRealtimeClient = create_client(url, key, {"hb_interval": 30000})
+        client: Client = create_client(url, key, {"hb_interval": 30000})
+        rt: SyncRealtimeClient = client.realtime
         channel: SyncRealtimeChannel = client.channel("room", {"broadcast": {"self": True}})
         channel.on("broadcast", {"event": "message"}, handle).on("presence", {"event": "sync"}, handle)
         channel.subscribe(timeout=5000)
@@ -38,7 +39,8 @@ SAMPLE = textwrap.dedent(
         client.remove_all_channels()
 
     async def async_usage(url: str, key: str) -> None:
-        client: AsyncRealtimeClient = await create_async_client(url, key)
+        client: AsyncClient = await create_async_client(url, key)
+        rt: AsyncRealtimeClient = client.realtime
         channel: AsyncRealtimeChannel = client.channel("room")
         def on_state(state: RealtimeSubscribeStates, err: Optional[Exception]) -> None: ...
         channel.on_broadcast("m", lambda m: None).on_presence_sync(lambda: None)

@@ -1,4 +1,10 @@
-"""Supabase Realtime for Python, on a Rust core.
+"""The Supabase client for Python, with realtime that works, sync and async, on a Rust core.
+
+:func:`create_client` returns a :class:`Client`, a subclass of the official
+``supabase.Client`` (database, auth, storage and functions are the official packages'),
+whose realtime is this package's; :func:`create_async_client` the same for
+``supabase.AsyncClient``. The realtime-only classes (:class:`SyncRealtimeClient`,
+:class:`AsyncRealtimeClient`) exist too, as the official ``realtime`` package's do.
 
 Channels with broadcast, presence and postgres_changes; a sync client (callbacks on a
 dispatcher thread) and an asyncio client (callbacks on the loop, ``async def`` awaited).
@@ -28,7 +34,10 @@ Both the Supabase Python docs' API and the official ``realtime`` package's names
 Errors are :class:`RealtimeError` subclasses with the server's reason:
 :class:`AuthorizationError` (refused key, token or permissions) and
 :class:`NotConnectedError` (send on a channel that was left or closed, client closed) among
-them. A callback that raises is logged (logger ``supa_realtime``) with its traceback;
+them; those two subclass the official ``realtime`` classes of the same names, so
+``except realtime.NotConnectedError`` catches ours. ``RealtimeSubscribeStates`` and the other
+enums are the official package's own. A callback that raises is logged (logger
+``supa_realtime``) with its traceback;
 delivery goes on.
 
 Payloads are JSON: a dict you send arrives as a dict with its keys in **sorted order**, not
@@ -44,9 +53,6 @@ from ._client import (
     RealtimeClient,
     SyncRealtimeChannel,
     SyncRealtimeClient,
-    acreate_client,
-    create_async_client,
-    create_client,
 )
 from ._exceptions import (
     AuthorizationError,
@@ -60,16 +66,25 @@ from ._exceptions import (
     RealtimeTimeoutError,
 )
 from ._native import __version__
+from ._supabase import (
+    AsyncClient,
+    AsyncClientOptions,
+    Client,
+    ClientOptions,
+    acreate_client,
+    create_async_client,
+    create_client,
+)
 from ._types import (
     BroadcastPayload,
     ChannelStates,
-    ClientOptions,
     PostgresChangesPayload,
     Presence,
     RealtimeChannelBroadcastConfig,
     RealtimeChannelConfig,
     RealtimeChannelOptions,
     RealtimeChannelPresenceConfig,
+    RealtimeOptions,
     RealtimePostgresChangesListenEvent,
     RealtimePresenceListenEvents,
     RealtimePresenceState,
@@ -84,6 +99,10 @@ __all__ = [
     "create_client",
     "create_async_client",
     "acreate_client",
+    "Client",
+    "AsyncClient",
+    "ClientOptions",
+    "AsyncClientOptions",
     "SyncRealtimeClient",
     "RealtimeClient",
     "AsyncRealtimeClient",
@@ -108,7 +127,7 @@ __all__ = [
     "RealtimeChannelConfig",
     "RealtimeChannelBroadcastConfig",
     "RealtimeChannelPresenceConfig",
-    "ClientOptions",
+    "RealtimeOptions",
     "BroadcastPayload",
     "PostgresChangesPayload",
     "Presence",

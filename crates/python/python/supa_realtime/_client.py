@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar,
 
 from . import _native
 from ._exceptions import AuthorizationError, NotConnectedError, RealtimeError
+from ._pending import PendingChannel
 from ._types import RealtimeSubscribeStates
 
 Callback = Callable[..., Any]
@@ -29,7 +30,8 @@ _live_clients: "weakref.WeakSet[_ClientBase]" = weakref.WeakSet()
 def _shutdown_all() -> None:
     for c in list(_live_clients):
         try:
-            c._native.shutdown()
+            if c._native_client is not None:
+                c._native_client.shutdown()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
@@ -160,6 +162,19 @@ class _ChannelBase:
     def presence_state(self) -> Dict[str, List[Dict[str, Any]]]:
         """``{key: [presence, ...]}``; each presence is the tracked state plus ``presence_ref``."""
         return dict(self._native.presence_state())
+
+    @property
+    def _pending(self) -> bool:
+        return isinstance(self._native, PendingChannel)
+
+    def _live(self) -> Any:
+        """The native channel, created (and the client connected) if it was pending."""
+        if isinstance(self._native, PendingChannel):
+            pending = self._native
+            real = self._client._native.channel(pending.name, pending.config)
+            pending.replay(real)
+            self._native = real
+        return self._native
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(topic={self.topic!r}, status={self.status})"
@@ -309,10 +324,10 @@ class SyncRealtimeChannel(_ChannelBase):
         """
         cb, timeout = self._subscribe_args(callback, timeout)
         if cb is None:
-            self._native.subscribe(DEFAULT_TIMEOUT_MS if timeout is None else timeout, True)
+            self._live().subscribe(DEFAULT_TIMEOUT_MS if timeout is None else timeout, True)
             return self
         try:
-            self._native.subscribe(None, False)
+            self._live().subscribe(None, False)
         except RealtimeError as e:
             cb.outcome(_outcome_state(self.status), e)
         else:
@@ -321,7 +336,8 @@ class SyncRealtimeChannel(_ChannelBase):
 
     def unsubscribe(self) -> None:
         """Leave the channel (it stays known to the client; subscribe again at will)."""
-        self._native.unsubscribe()
+        if not self._pending:
+            self._native.unsubscribe()
 
     def send(self, event_type: str, payload: Any, options: Optional[Mapping[str, Any]] = None) -> None:
         """Broadcast ``payload`` as ``event_type`` to the channel's subscribers.
@@ -332,25 +348,25 @@ class SyncRealtimeChannel(_ChannelBase):
         ``options={"http": True}`` always uses REST.
         """
         if options and options.get("http"):
-            self._native.http_send(event_type, payload)
+            self._live().http_send(event_type, payload)
         else:
-            self._native.send(event_type, payload)
+            self._live().send(event_type, payload)
 
     def send_broadcast(self, event: str, data: Any) -> None:
         """Official-style alias of :meth:`send`."""
-        self._native.send(event, data)
+        self._live().send(event, data)
 
     def http_send(self, event: str, payload: Any) -> None:
         """Broadcast through the REST endpoint, whatever the socket does."""
-        self._native.http_send(event, payload)
+        self._live().http_send(event, payload)
 
     def track(self, state: Mapping[str, Any]) -> None:
         """Track this client's presence with ``state`` (tracked again after reconnects)."""
-        self._native.track(state)
+        self._live().track(state)
 
     def untrack(self) -> None:
         """Stop tracking presence."""
-        self._native.untrack()
+        self._live().untrack()
 
 
 class AsyncRealtimeChannel(_ChannelBase):
@@ -374,10 +390,10 @@ class AsyncRealtimeChannel(_ChannelBase):
         self._loop()
         cb, timeout = self._subscribe_args(callback, timeout)
         if cb is None:
-            await self._native.subscribe_async(DEFAULT_TIMEOUT_MS if timeout is None else timeout, True)
+            await self._live().subscribe_async(DEFAULT_TIMEOUT_MS if timeout is None else timeout, True)
             return self
         try:
-            await self._native.subscribe_async(None, False)
+            await self._live().subscribe_async(None, False)
         except RealtimeError as e:
             r = cb.outcome(_outcome_state(self.status), e)
         else:
@@ -388,31 +404,32 @@ class AsyncRealtimeChannel(_ChannelBase):
 
     async def unsubscribe(self) -> None:
         self._loop()
-        await self._native.unsubscribe_async()
+        if not self._pending:
+            await self._native.unsubscribe_async()
 
     async def send(self, event_type: str, payload: Any, options: Optional[Mapping[str, Any]] = None) -> None:
         """See :meth:`SyncRealtimeChannel.send`."""
         self._loop()
         if options and options.get("http"):
-            await self._native.http_send_async(event_type, payload)
+            await self._live().http_send_async(event_type, payload)
         else:
-            await self._native.send_async(event_type, payload)
+            await self._live().send_async(event_type, payload)
 
     async def send_broadcast(self, event: str, data: Any) -> None:
         self._loop()
-        await self._native.send_async(event, data)
+        await self._live().send_async(event, data)
 
     async def http_send(self, event: str, payload: Any, *, timeout: Optional[float] = None) -> None:
         self._loop()
-        await self._native.http_send_async(event, payload)
+        await self._live().http_send_async(event, payload)
 
     async def track(self, user_status: Mapping[str, Any]) -> None:
         self._loop()
-        await self._native.track_async(user_status)
+        await self._live().track_async(user_status)
 
     async def untrack(self) -> None:
         self._loop()
-        await self._native.untrack_async()
+        await self._live().untrack_async()
 
 
 class _ClientBase:
@@ -430,6 +447,7 @@ class _ClientBase:
         timeout: float = 10,
         *,
         options: Optional[Mapping[str, Any]] = None,
+        lazy: bool = False,
         _is_async: bool = False,
     ) -> None:
         if not isinstance(url, str) or not url.split("://", 1)[0].lower() in ("http", "https", "ws", "wss"):
@@ -447,9 +465,52 @@ class _ClientBase:
         self.url = url
         self.apikey = token or ""
         self.timeout_ms: float = float(opts.get("timeout") or DEFAULT_TIMEOUT_MS)
-        self._native = _native.NativeClient(url, token or "", opts, _is_async)
+        self._opts = opts
+        self._is_async = _is_async
+        self._native_client: Optional[_native.NativeClient] = None
+        # Before the socket exists (lazy): client callbacks to register once it does.
+        self._pending_handlers: List[Tuple[str, Tuple[Any, ...]]] = []
         self._channels: Dict[str, _ChannelBase] = {}
         _live_clients.add(self)
+        if not lazy:
+            self._connect_native()
+
+    @property
+    def _native(self) -> Any:
+        """The native client; creating it (lazy clients) opens the socket."""
+        n = self._native_client
+        return n if n is not None else self._connect_native()
+
+    def _connect_native(self) -> Any:
+        n = _native.NativeClient(self.url, self.apikey, self._opts, self._is_async)
+        self._native_client = n
+        self._set_loop()
+        for method, args in self._pending_handlers:
+            getattr(n, method)(*args)
+        self._pending_handlers.clear()
+        return n
+
+    def _client_handler(self, method: str, *args: Any) -> None:
+        if self._native_client is None:
+            self._pending_handlers.append((method, args))
+        else:
+            getattr(self._native_client, method)(*args)
+
+    def _set_auth_now(self, token: Optional[str]) -> None:
+        """``set_auth`` without waiting (the token goes to the connection task in order with
+        later joins); callable from the event loop thread too."""
+        if not self._pending_auth(token):
+            self._native.set_auth(token)
+
+    def _pending_auth(self, token: Optional[str]) -> bool:
+        """Keep ``token`` for the socket to come; False if the socket exists already."""
+        if self._native_client is not None:
+            return False
+        if token:
+            self._opts["access_token"] = token
+        else:
+            self._opts.pop("access_token", None)
+        return True
 
     # -- supabase-py compatibility -----------------------------------------------------------
     @property
@@ -464,22 +525,29 @@ class _ClientBase:
 
     @property
     def is_connected(self) -> bool:
-        return bool(self._native.is_connected)
+        n = self._native_client
+        return n is not None and bool(n.is_connected)
 
     @property
     def heartbeat_latency(self) -> Optional[float]:
         """Round trip of the last answered heartbeat, in seconds (None before the first)."""
-        v = self._native.heartbeat_latency
+        n = self._native_client
+        v = None if n is None else n.heartbeat_latency
         return None if v is None else float(v)
 
     @property
     def access_token(self) -> Optional[str]:
-        t = self._native.access_token
+        """The token joins use (``set_auth``'s, else the options' ``access_token``, else
+        the key)."""
+        n = self._native_client
+        t = (self._opts.get("access_token") or self.apikey or None) if n is None else n.access_token
         return None if t is None else str(t)
 
     def connection_state(self) -> str:
-        """``connecting``, ``open``, ``reconnecting`` or ``closed``."""
-        return str(self._native.connection_state())
+        """``connecting``, ``open``, ``reconnecting`` or ``closed`` (also before a lazy
+        client's first subscribe)."""
+        n = self._native_client
+        return "closed" if n is None else str(n.connection_state())
 
     def _set_loop(self) -> None:
         pass
@@ -500,7 +568,11 @@ class _ClientBase:
         if existing is not None and existing.status not in ("LEAVING",):
             return existing
         config, options = _normalize_channel_params(params)
-        native = self._native.channel(_subtopic(full), {**config, **options})
+        cfg = {**config, **options}
+        if self._native_client is None:
+            native: Any = PendingChannel(_subtopic(full), cfg)
+        else:
+            native = self._native_client.channel(_subtopic(full), cfg)
         ch = self._channel_class(self, native, params)
         self._channels[full] = ch
         return ch
@@ -517,34 +589,34 @@ class _ClientBase:
         """``callback()`` each time the socket opens, and once soon after registration if it
         is open already (the client connects as soon as it is created)."""
         self._set_loop()
-        self._native.on_open(callback)
+        self._client_handler("on_open", callback)
         return self
 
     def on_close(self: Any, callback: Callable[..., Any]) -> Any:
         """``callback()`` each time the socket closes (a callback taking one argument gets
         the reason, two get ``(code, reason)``). The client reconnects unless closed."""
         self._set_loop()
-        self._native.on_close(callback, _positional_arity(callback, 0))
+        self._client_handler("on_close", callback, _positional_arity(callback, 0))
         return self
 
     def on_error(self: Any, callback: Callable[[Exception], Any]) -> Any:
         """``callback(error)`` for each socket error (failed attempt, refused key,
         unanswered heartbeat, giving up)."""
         self._set_loop()
-        self._native.on_error(callback)
+        self._client_handler("on_error", callback)
         return self
 
 
 class SyncRealtimeClient(_ClientBase):
     """A realtime client for code without asyncio. It connects in the background at once
-    and keeps the socket alive (heartbeats, reconnect forever, rejoin) on a Rust runtime
+    (``lazy=True``: when a channel is first subscribed) and keeps the socket alive (heartbeats, reconnect forever, rejoin) on a Rust runtime
     thread; callbacks run on a dedicated dispatcher thread.
 
     Example::
 
-        from supa_realtime import create_client
+        from supa_realtime import SyncRealtimeClient
 
-        client = create_client("http://127.0.0.1:54321", ANON_KEY)
+        client = SyncRealtimeClient("ws://127.0.0.1:54321/realtime/v1", ANON_KEY)
         channel = client.channel("room-1")
         channel.on("broadcast", {"event": "message"}, print).subscribe()
         channel.send("message", {"text": "hi"})
@@ -555,9 +627,9 @@ class SyncRealtimeClient(_ClientBase):
 
     def __init__(self, url: str, token: Optional[str] = None, auto_reconnect: bool = True, params: Optional[Dict[str, Any]] = None,
                  hb_interval: float = 25, max_retries: Optional[int] = None, initial_backoff: float = 1.0, timeout: float = 10,
-                 *, options: Optional[Mapping[str, Any]] = None) -> None:
+                 *, options: Optional[Mapping[str, Any]] = None, lazy: bool = False) -> None:
         super().__init__(url, token, auto_reconnect, params, hb_interval, max_retries, initial_backoff, timeout,
-                         options=options, _is_async=False)
+                         options=options, lazy=lazy, _is_async=False)
 
     def channel(self, topic: str, params: Optional[Mapping[str, Any]] = None) -> SyncRealtimeChannel:
         return super().channel(topic, params)  # type: ignore[no-any-return]
@@ -567,12 +639,14 @@ class SyncRealtimeClient(_ClientBase):
 
     def remove_channel(self, channel: SyncRealtimeChannel) -> None:
         """Unsubscribe and forget ``channel``."""
-        self._native.remove_channel(channel._native)
+        if not channel._pending:
+            self._native.remove_channel(channel._native)
         self._forget(channel)
 
     def remove_all_channels(self) -> None:
         """Unsubscribe and forget every channel."""
-        self._native.remove_all_channels()
+        if self._native_client is not None:
+            self._native_client.remove_all_channels()
         self._channels.clear()
 
     def connect(self, timeout: Optional[float] = None) -> None:
@@ -584,11 +658,13 @@ class SyncRealtimeClient(_ClientBase):
     def close(self) -> None:
         """Close the socket and stop reconnecting. Channels are kept and rejoin on
         :meth:`connect`."""
-        self._native.close()
+        if self._native_client is not None:
+            self._native_client.close()
 
     def set_auth(self, token: Optional[str]) -> None:
-        """Use ``token`` for every joined channel (pushed at once) and every later join."""
-        self._native.set_auth(token)
+        """Use ``token`` for every joined channel (pushed at once) and every later join;
+        ``None``: back to the key."""
+        self._set_auth_now(token)
 
     def __enter__(self) -> "SyncRealtimeClient":
         return self
@@ -617,9 +693,9 @@ class AsyncRealtimeClient(_ClientBase):
 
     def __init__(self, url: str, token: Optional[str] = None, auto_reconnect: bool = True, params: Optional[Dict[str, Any]] = None,
                  hb_interval: float = 25, max_retries: Optional[int] = None, initial_backoff: float = 1.0, timeout: float = 10,
-                 *, options: Optional[Mapping[str, Any]] = None) -> None:
+                 *, options: Optional[Mapping[str, Any]] = None, lazy: bool = False) -> None:
         super().__init__(url, token, auto_reconnect, params, hb_interval, max_retries, initial_backoff, timeout,
-                         options=options, _is_async=True)
+                         options=options, lazy=lazy, _is_async=True)
         self._set_loop()
 
     def _set_loop(self) -> None:
@@ -627,7 +703,8 @@ class AsyncRealtimeClient(_ClientBase):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._native.set_loop(loop)
+        if self._native_client is not None:
+            self._native_client.set_loop(loop)
 
     def channel(self, topic: str, params: Optional[Mapping[str, Any]] = None) -> AsyncRealtimeChannel:
         return super().channel(topic, params)  # type: ignore[no-any-return]
@@ -637,12 +714,14 @@ class AsyncRealtimeClient(_ClientBase):
 
     async def remove_channel(self, channel: AsyncRealtimeChannel) -> None:
         self._set_loop()
-        await self._native.remove_channel_async(channel._native)
+        if not channel._pending:
+            await self._native.remove_channel_async(channel._native)
         self._forget(channel)
 
     async def remove_all_channels(self) -> None:
         self._set_loop()
-        await self._native.remove_all_channels_async()
+        if self._native_client is not None:
+            await self._native_client.remove_all_channels_async()
         self._channels.clear()
 
     async def connect(self, timeout: Optional[float] = None) -> None:
@@ -652,11 +731,13 @@ class AsyncRealtimeClient(_ClientBase):
 
     async def close(self) -> None:
         self._set_loop()
-        await self._native.close_async()
+        if self._native_client is not None:
+            await self._native_client.close_async()
 
     async def set_auth(self, token: Optional[str]) -> None:
         self._set_loop()
-        await self._native.set_auth_async(token)
+        if not self._pending_auth(token):
+            await self._native.set_auth_async(token)
 
     async def __aenter__(self) -> "AsyncRealtimeClient":
         self._set_loop()
@@ -666,31 +747,4 @@ class AsyncRealtimeClient(_ClientBase):
         await self.close()
 
 
-def create_client(url: str, key: str, options: Optional[Mapping[str, Any]] = None) -> SyncRealtimeClient:
-    """A :class:`SyncRealtimeClient` for ``url`` — a Supabase project URL
-    (``http://127.0.0.1:54321`` → ``ws://127.0.0.1:54321/realtime/v1/websocket``) or a
-    realtime ``ws(s)://`` URL — with API key ``key``. ``options``: see
-    :class:`~supa_realtime.ClientOptions` (durations in milliseconds).
-
-    Example::
-
-        supabase = create_client("http://127.0.0.1:54321", ANON_KEY)
-        channel = supabase.channel("room-1")
-    """
-    return SyncRealtimeClient(url, key, options=options)
-
-
-async def create_async_client(url: str, key: str, options: Optional[Mapping[str, Any]] = None) -> AsyncRealtimeClient:
-    """The asyncio twin of :func:`create_client`.
-
-    Example::
-
-        client = await create_async_client("http://127.0.0.1:54321", ANON_KEY)
-        channel = client.channel("async-room")
-        await channel.subscribe()
-    """
-    return AsyncRealtimeClient(url, key, options=options)
-
-
-acreate_client = create_async_client
 RealtimeClient = SyncRealtimeClient

@@ -1,9 +1,9 @@
-"""Types: the official package's enums and payload shapes, and this package's options."""
+"""Types: the official package's enums (re-exported) and payload shapes, and this package's
+options."""
 
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from typing import Any, Dict, List, Optional
 
 if sys.version_info >= (3, 11):
@@ -12,34 +12,15 @@ else:  # pragma: no cover
     from typing_extensions import NotRequired, TypedDict  # type: ignore[assignment]
 
 
-class RealtimeSubscribeStates(str, Enum):
-    """What a ``subscribe(callback)`` callback receives (as the official package)."""
-
-    SUBSCRIBED = "SUBSCRIBED"
-    TIMED_OUT = "TIMED_OUT"
-    CLOSED = "CLOSED"
-    CHANNEL_ERROR = "CHANNEL_ERROR"
-
-
-class RealtimePresenceListenEvents(str, Enum):
-    SYNC = "SYNC"
-    JOIN = "JOIN"
-    LEAVE = "LEAVE"
-
-
-class RealtimePostgresChangesListenEvent(str, Enum):
-    All = "*"
-    Insert = "INSERT"
-    Update = "UPDATE"
-    Delete = "DELETE"
-
-
-class ChannelStates(str, Enum):
-    JOINED = "joined"
-    CLOSED = "closed"
-    ERRORED = "errored"
-    JOINING = "joining"
-    LEAVING = "leaving"
+# The official package's enums themselves, not look-alikes: a subscribe callback receives
+# `realtime.RealtimeSubscribeStates.SUBSCRIBED`, so code comparing with the official names
+# (`==`, `is`, `isinstance`, `match`) behaves as it does with the official client.
+from realtime.types import (  # noqa: E402
+    ChannelStates,
+    RealtimePostgresChangesListenEvent,
+    RealtimePresenceListenEvents,
+    RealtimeSubscribeStates,
+)
 
 
 class SystemPayload:
@@ -119,8 +100,9 @@ class RealtimeChannelOptions(TypedDict, total=False):
     up to the client's ``max_backoff``. Unset: the client's ``rejoin_backoff`` table."""
 
 
-class ClientOptions(TypedDict, total=False):
-    """Options of ``create_client``/``create_async_client``. Durations in milliseconds
+class RealtimeOptions(TypedDict, total=False):
+    """This package's realtime options (``SyncRealtimeClient(..., options=...)``, or the
+    ``"options"`` entry of a ``ClientOptions(realtime=...)``). Durations in milliseconds
     unless said otherwise."""
 
     auto_reconnect: bool
@@ -141,7 +123,6 @@ class ClientOptions(TypedDict, total=False):
     offline_buffer: int
     offline_timeout: float
     """seconds"""
-    realtime: "ClientOptions"
 
 
 class BroadcastPayload(TypedDict):
@@ -177,7 +158,7 @@ __all__ = [
     "RealtimeChannelConfig",
     "RealtimeChannelBroadcastConfig",
     "RealtimeChannelPresenceConfig",
-    "ClientOptions",
+    "RealtimeOptions",
     "BroadcastPayload",
     "PostgresChangesPayload",
     "Presence",
