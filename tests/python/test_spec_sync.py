@@ -1,5 +1,8 @@
-"""Every sync usage example of the spec (seed/realtime-python-api.txt), run as written
-(only the import line and the URL changed), checking it does what its text says."""
+"""Every sync usage example of the spec (seed/realtime-python-api.txt), run as written on the
+full client (`supa_realtime.create_client`, a `supabase.Client`), with the spec's own imports
+(`from realtime import AuthorizationError, NotConnectedError`: the official classes, which
+ours subclass) and only the client creation pointing at the local server, checking it does
+what its text says."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import pytest
 
 from conftest import ANON_KEY, mint_jwt, wait_for
 from support import Out
-from supa_realtime import AuthorizationError, NotConnectedError, create_client
+from realtime import AuthorizationError, NotConnectedError
+
+from supa_realtime import create_client
 
 
 @pytest.fixture

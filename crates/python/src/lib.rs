@@ -25,6 +25,7 @@ mod dispatch;
 mod errors;
 mod options;
 mod runtime;
+mod server;
 
 #[pymodule]
 #[pyo3(name = "_native")]
@@ -32,5 +33,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
     m.add_class::<channel::NativeChannel>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(server::server_main, m)?)?;
     Ok(())
 }

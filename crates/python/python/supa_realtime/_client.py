@@ -503,14 +503,13 @@ class _ClientBase:
             self._native.set_auth(token)
 
     def _pending_auth(self, token: Optional[str]) -> bool:
-        """Keep ``token`` for the socket to come; False if the socket exists already."""
-        if self._native_client is not None:
-            return False
+        """Remember ``token`` (a socket created later starts with it); False if the socket
+        exists already, and the caller hands it the token."""
         if token:
             self._opts["access_token"] = token
         else:
             self._opts.pop("access_token", None)
-        return True
+        return self._native_client is None
 
     # -- supabase-py compatibility -----------------------------------------------------------
     @property
@@ -539,9 +538,9 @@ class _ClientBase:
     def access_token(self) -> Optional[str]:
         """The token joins use (``set_auth``'s, else the options' ``access_token``, else
         the key)."""
-        n = self._native_client
-        t = (self._opts.get("access_token") or self.apikey or None) if n is None else n.access_token
-        return None if t is None else str(t)
+        # What was set here, not the connection task's copy, which follows a moment later.
+        t = self._opts.get("access_token")
+        return str(t) if t else (self.apikey or None)
 
     def connection_state(self) -> str:
         """``connecting``, ``open``, ``reconnecting`` or ``closed`` (also before a lazy
