@@ -7,7 +7,7 @@ import atexit
 import inspect
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Self, Tuple, Union
 
 from . import _native
 from ._exceptions import AuthorizationError, NotConnectedError, RealtimeError
@@ -16,7 +16,6 @@ from ._types import RealtimeSubscribeStates
 
 Callback = Callable[..., Any]
 SubscribeCallback = Callable[[RealtimeSubscribeStates, Optional[Exception]], Any]
-_C = TypeVar("_C", bound="_ChannelBase")
 
 DEFAULT_TIMEOUT_MS = 10_000
 
@@ -180,7 +179,7 @@ class _ChannelBase:
         return f"{type(self).__name__}(topic={self.topic!r}, status={self.status})"
 
     # -- listeners (chainable, sync in both flavours) ---------------------------------------
-    def on(self: _C, event: str, filter: Optional[Mapping[str, Any]] = None, callback: Optional[Callback] = None) -> _C:
+    def on(self, event: str, filter: Optional[Mapping[str, Any]] = None, callback: Optional[Callback] = None) -> Self:
         """Listen to ``"broadcast"``, ``"presence"``, ``"postgres_changes"`` (or ``"system"``)
         events; returns the channel, for chaining.
 
@@ -208,7 +207,7 @@ class _ChannelBase:
             channel.subscribe()
         """
         if callback is None and callable(filter):
-            callback, filter = filter, None  # type: ignore[assignment]
+            callback, filter = filter, None
         if callback is None or not callable(callback):
             raise TypeError("on(event, filter, callback): callback must be callable")
         f = dict(filter or {})
@@ -228,20 +227,20 @@ class _ChannelBase:
             raise ValueError(f'unknown event {event!r}: use "broadcast", "presence", "postgres_changes" or "system"')
         return self
 
-    def on_broadcast(self: _C, event: str, callback: Callable[[Dict[str, Any]], Any]) -> _C:
+    def on_broadcast(self, event: str, callback: Callable[[Dict[str, Any]], Any]) -> Self:
         """Official-style: ``callback({"event": ..., "payload": ..., "meta"?: ...})``."""
         self._native.on_broadcast(event, callback, True, False)
         return self
 
     def on_postgres_changes(
-        self: _C,
+        self,
         event: Union[str, Any],
         callback: Callable[[Dict[str, Any]], Any],
         table: Optional[str] = None,
         schema: Optional[str] = None,
         filter: Optional[str] = None,
         select: Optional[List[str]] = None,
-    ) -> _C:
+    ) -> Self:
         """Official-style: ``callback({"data": {"schema", "table", "commit_timestamp",
         "type", "errors", "columns", "record"?, "old_record"?}, "ids": [...]})``.
         ``select`` is not supported by the server and is ignored."""
@@ -249,28 +248,28 @@ class _ChannelBase:
         self._native.on_postgres_changes(str(ev), callback, schema, table, filter, True)
         return self
 
-    def on_system(self: _C, callback: Callable[[Any], Any]) -> _C:
+    def on_system(self, callback: Callable[[Any], Any]) -> Self:
         """Official-style: ``callback(SystemPayload)`` (``.extension``, ``.status``,
         ``.message``, ``.channel``)."""
         self._native.on_system(callback, True)
         return self
 
-    def on_presence_sync(self: _C, callback: Callable[[], Any]) -> _C:
+    def on_presence_sync(self, callback: Callable[[], Any]) -> Self:
         """Official-style: ``callback()`` once the presence state is consistent."""
         self._native.on_presence("official_sync", callback)
         return self
 
-    def on_presence_join(self: _C, callback: Callable[[str, List[Any], List[Any]], Any]) -> _C:
+    def on_presence_join(self, callback: Callable[[str, List[Any], List[Any]], Any]) -> Self:
         """Official-style: ``callback(key, current_presences, new_presences)``."""
         self._native.on_presence("official_join", callback)
         return self
 
-    def on_presence_leave(self: _C, callback: Callable[[str, List[Any], List[Any]], Any]) -> _C:
+    def on_presence_leave(self, callback: Callable[[str, List[Any], List[Any]], Any]) -> Self:
         """Official-style: ``callback(key, current_presences, left_presences)``."""
         self._native.on_presence("official_leave", callback)
         return self
 
-    def on_error(self: _C, callback: Callable[[Exception], Any]) -> _C:
+    def on_error(self, callback: Callable[[Exception], Any]) -> Self:
         """``callback(error)`` whenever the channel errors (join refused, crashed, socket
         lost: CHANNEL_ERROR) or a join times out (TIMED_OUT); ``error`` is an
         :class:`AuthorizationError`, :class:`ChannelError` or :class:`RealtimeTimeoutError`
@@ -279,7 +278,7 @@ class _ChannelBase:
         self._native.on_status("error", callback, False)
         return self
 
-    def on_close(self: _C, callback: Callable[..., Any]) -> _C:
+    def on_close(self, callback: Callable[..., Any]) -> Self:
         """``callback()`` whenever the channel closes (unsubscribed, or closed by the server);
         a callback taking one argument gets the server's reason (or None)."""
         self._native.on_status("close", callback, _positional_arity(callback, 0) >= 1)
@@ -310,7 +309,7 @@ class SyncRealtimeChannel(_ChannelBase):
         channel.send("message", {"text": "Hello everyone!"})
     """
 
-    def subscribe(self, callback: Union[SubscribeCallback, int, float, None] = None, timeout: Optional[float] = None) -> "SyncRealtimeChannel":
+    def subscribe(self, callback: Union[SubscribeCallback, int, float, None] = None, timeout: Optional[float] = None) -> Self:
         """Join the channel and wait until it is SUBSCRIBED.
 
         ``subscribe()`` / ``subscribe(timeout=10000)`` (milliseconds): raises
@@ -385,7 +384,7 @@ class AsyncRealtimeChannel(_ChannelBase):
     def _loop(self) -> None:
         self._client._set_loop()
 
-    async def subscribe(self, callback: Union[SubscribeCallback, int, float, None] = None, timeout: Optional[float] = None) -> "AsyncRealtimeChannel":
+    async def subscribe(self, callback: Union[SubscribeCallback, int, float, None] = None, timeout: Optional[float] = None) -> Self:
         """See :meth:`SyncRealtimeChannel.subscribe`."""
         self._loop()
         cb, timeout = self._subscribe_args(callback, timeout)
@@ -513,7 +512,7 @@ class _ClientBase:
 
     # -- supabase-py compatibility -----------------------------------------------------------
     @property
-    def realtime(self: Any) -> Any:
+    def realtime(self) -> Self:
         """The realtime client itself (so ``supabase.realtime.on_open(...)`` works)."""
         return self
 
@@ -581,24 +580,26 @@ class _ClientBase:
         return list(self._channels.values())
 
     def _forget(self, channel: Any) -> None:
-        if self._channels.get(channel.topic) is channel:
-            del self._channels[channel.topic]
+        topic = channel.topic
+        if self._channels.get(topic) is channel:
+            del self._channels[topic]
 
-    def on_open(self: Any, callback: Callable[[], Any]) -> Any:
+    def on_open(self, callback: Callable[[], Any]) -> Self:
         """``callback()`` each time the socket opens, and once soon after registration if it
-        is open already (the client connects as soon as it is created)."""
+        is open already (an eager client connects as soon as it is created, a lazy one when
+        a channel is first subscribed)."""
         self._set_loop()
         self._client_handler("on_open", callback)
         return self
 
-    def on_close(self: Any, callback: Callable[..., Any]) -> Any:
+    def on_close(self, callback: Callable[..., Any]) -> Self:
         """``callback()`` each time the socket closes (a callback taking one argument gets
         the reason, two get ``(code, reason)``). The client reconnects unless closed."""
         self._set_loop()
         self._client_handler("on_close", callback, _positional_arity(callback, 0))
         return self
 
-    def on_error(self: Any, callback: Callable[[Exception], Any]) -> Any:
+    def on_error(self, callback: Callable[[Exception], Any]) -> Self:
         """``callback(error)`` for each socket error (failed attempt, refused key,
         unanswered heartbeat, giving up)."""
         self._set_loop()
@@ -665,7 +666,7 @@ class SyncRealtimeClient(_ClientBase):
         ``None``: back to the key."""
         self._set_auth_now(token)
 
-    def __enter__(self) -> "SyncRealtimeClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -738,7 +739,7 @@ class AsyncRealtimeClient(_ClientBase):
         if not self._pending_auth(token):
             await self._native.set_auth_async(token)
 
-    async def __aenter__(self) -> "AsyncRealtimeClient":
+    async def __aenter__(self) -> Self:
         self._set_loop()
         return self
 

@@ -3,12 +3,17 @@
 
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional
 
+from typing_extensions import Self, final
+
+__all__ = ["NativeClient", "NativeChannel", "__version__", "server_main"]
+
 __version__: str
 
 def server_main(argv: List[str]) -> int: ...
 
+@final
 class NativeClient:
-    def __init__(self, url: str, key: str, options: Optional[Mapping[str, Any]] = None, is_async: bool = False) -> None: ...
+    def __new__(cls, url: str, key: str, options: Optional[Mapping[str, Any]] = None, is_async: bool = False) -> Self: ...
     def set_loop(self, event_loop: Any) -> None: ...
     def channel(self, topic: str, config: Optional[Mapping[str, Any]] = None) -> NativeChannel: ...
     def topics(self) -> List[str]: ...
@@ -34,6 +39,7 @@ class NativeClient:
     @property
     def heartbeat_latency(self) -> Optional[float]: ...
 
+@final
 class NativeChannel:
     @property
     def topic(self) -> str: ...

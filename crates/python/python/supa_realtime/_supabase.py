@@ -32,7 +32,7 @@ Options: the official ``ClientOptions``/``AsyncClientOptions`` as they are; thei
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, TypeVar, Union
+from typing import Any, Dict, List, Mapping, Optional, Self, TypeVar, Union
 
 import supabase
 from supabase import AsyncClientOptions, ClientOptions
@@ -58,7 +58,7 @@ def _official_options(options: Union[_O, Mapping[str, Any], None], cls: type) ->
                 f"unknown realtime option(s) {unknown}: pass supabase.{cls.__name__}(...) for the "
                 f"client's options, or a mapping of {sorted(_REALTIME_OPTION_KEYS)}"
             )
-        return cls(realtime={"options": dict(options)})  # type: ignore[typeddict-unknown-key]
+        return cls(realtime={"options": dict(options)})
     raise TypeError(f"options must be a supabase.{cls.__name__} or a mapping, not {type(options).__name__}")
 
 
@@ -97,13 +97,14 @@ class Client(supabase.Client):
         super().__init__(supabase_url, supabase_key, _official_options(options, ClientOptions))
 
     @classmethod
-    def create(cls, supabase_url: str, supabase_key: str,  # type: ignore[override]
+    def create(cls, supabase_url: str, supabase_key: str,
                options: Union[ClientOptions, Mapping[str, Any], None] = None) -> "Client":
         client = super().create(supabase_url, supabase_key, _official_options(options, ClientOptions))
+        assert isinstance(client, Client)  # `create` constructs `cls`
         token = _bearer_token(client.options.headers.get("Authorization"))
         if token and token != supabase_key:
             client.realtime.set_auth(token)
-        return client  # type: ignore[return-value]
+        return client
 
     def _init_realtime_client(self, realtime_url: Any, supabase_key: str,  # type: ignore[override]
                               options: Optional[Mapping[str, Any]] = None) -> SyncRealtimeClient:
@@ -130,7 +131,7 @@ class Client(supabase.Client):
         """Close the realtime socket (the official client has nothing else to close)."""
         self.realtime.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -157,13 +158,14 @@ class AsyncClient(supabase.AsyncClient):
         super().__init__(supabase_url, supabase_key, _official_options(options, AsyncClientOptions))
 
     @classmethod
-    async def create(cls, supabase_url: str, supabase_key: str,  # type: ignore[override]
+    async def create(cls, supabase_url: str, supabase_key: str,
                      options: Union[AsyncClientOptions, Mapping[str, Any], None] = None) -> "AsyncClient":
         client = await super().create(supabase_url, supabase_key, _official_options(options, AsyncClientOptions))
+        assert isinstance(client, AsyncClient)  # `create` constructs `cls`
         token = _bearer_token(client.options.headers.get("Authorization"))
         if token and token != supabase_key:
             client.realtime._set_auth_now(token)
-        return client  # type: ignore[return-value]
+        return client
 
     def _init_realtime_client(self, realtime_url: Any, supabase_key: str,  # type: ignore[override]
                               options: Optional[Mapping[str, Any]] = None) -> AsyncRealtimeClient:
@@ -198,7 +200,7 @@ class AsyncClient(supabase.AsyncClient):
         """Close the realtime socket."""
         await self.realtime.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
