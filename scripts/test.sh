@@ -2,8 +2,10 @@
 # scripts/test.sh — THE test command. On a fresh Debian machine (root, package registries
 # reachable) it installs what the tests need, idempotently, then runs:
 #   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace,
-#   and pytest over tests/ (interop suite: the real server with the official
-#   realtime-js and Python clients as peers).
+#   the Python wheel + sdist (maturin build --release) installed into a fresh venv,
+#   mypy.stubtest over the native module, mypy --strict over the package,
+#   and pytest over tests/ against that install (interop suite: the real server with the
+#   official realtime-js and Python clients as peers).
 # Exits non-zero if any step fails. Runs every step it can even after a failure, so one
 # run reports everything; the last line is pytest's summary.
 #
@@ -71,8 +73,41 @@ step "build server" cargo build -p supa-realtime-server || true
 [ -x "$TARGET_DIR/debug/supa-realtime-server" ] || SERVER_OK=0
 export REALTIME_SERVER_BIN="${REALTIME_SERVER_BIN:-$TARGET_DIR/debug/supa-realtime-server}"
 
-if ! ensure_python_package; then
-  record "python package (maturin)" "FAILED"
+# --- the Python package, as users get it ---------------------------------------------------
+# The wheel (maturin build --release, manylinux, abi3) and the sdist are built; the Python
+# tests run in a fresh venv holding only the test requirements and that wheel (never a
+# develop build). The wheel also goes into .venv, where bench --quick looks for it.
+WHEEL_VENV="$REPO_ROOT/.venv-wheel"
+PY="$VENV/bin/python"
+PY_OK=0
+if wheel="$(build_python_dist)"; then
+  record "python wheel + sdist" ok
+  note "built $(cd "$PY_DIST" && ls supa_realtime-*)"
+  if fresh_wheel_venv "$WHEEL_VENV" "$wheel"; then
+    PY="$WHEEL_VENV/bin/python"
+    PY_OK=1
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel" >&2 \
+      || note "could not install the wheel into .venv (bench --quick compares what is there)"
+  else
+    record "fresh venv with the wheel" "FAILED"
+  fi
+else
+  record "python wheel + sdist" "FAILED"
+fi
+from_wheel() { # the package is imported from the wheel's install, not the source tree
+  (cd "$WHEEL_VENV" && "$PY" -c 'import sys, supa_realtime, supa_realtime.server as s
+f = supa_realtime.__file__
+print("supa_realtime", supa_realtime.__version__, "from", f)
+sys.exit(0 if sys.prefix in f and "site-packages" in f else 1)')
+}
+stubtest() { (cd "$WHEEL_VENV" && "$PY" -m mypy.stubtest supa_realtime._native); }
+mypy_strict() {
+  (cd "$WHEEL_VENV" && "$PY" -m mypy --strict --no-incremental --cache-dir=/dev/null -p supa_realtime)
+}
+if [ "$PY_OK" = 1 ]; then
+  step "package from the wheel" from_wheel
+  step "mypy.stubtest _native" stubtest
+  step "mypy --strict supa_realtime" mypy_strict
 fi
 
 # --- pytest --------------------------------------------------------------------------------
@@ -81,7 +116,7 @@ export INTEROP_LOG_DIR="${INTEROP_LOG_DIR:-$(mktemp -d -t interop-logs-XXXXXX)}"
 if [ "$SERVER_OK" = 1 ]; then
   log "pytest tests/ (logs of servers and peers: $INTEROP_LOG_DIR)"
   # shellcheck disable=SC2086
-  "$VENV/bin/python" -m pytest tests/ -p no:cacheprovider -rfEs \
+  "$PY" -m pytest tests/ -p no:cacheprovider -rfEs \
     -o asyncio_default_fixture_loop_scope=function ${PYTEST_ARGS:-} 2>&1 | tee "$PYTEST_LOG"
   rc=${PIPESTATUS[0]}
   if [ "$rc" = 0 ]; then record "pytest" ok

@@ -93,6 +93,32 @@ ensure_python_venv() {
   fi
 }
 
+# The Python package as users get it: `maturin build --release` (the abi3 wheel, tagged
+# manylinux) and `maturin sdist`, into $PY_DIST (emptied first). Prints the wheel's path.
+PY_DIST="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/wheels"
+case "$PY_DIST" in /*) ;; *) PY_DIST="$REPO_ROOT/$PY_DIST" ;; esac
+build_python_dist() {
+  mkdir -p "$PY_DIST"
+  rm -f "$PY_DIST"/supa_realtime-*
+  log "building the Python wheel and sdist (maturin build --release, maturin sdist)"
+  (cd "$REPO_ROOT" && "$VENV/bin/maturin" build --release --quiet --out "$PY_DIST" >&2) || return 1
+  (cd "$REPO_ROOT" && "$VENV/bin/maturin" sdist --out "$PY_DIST" >&2) || return 1
+  local wheel
+  wheel="$(ls "$PY_DIST"/supa_realtime-*-abi3-manylinux*.whl 2>/dev/null | head -n1)"
+  [ -n "$wheel" ] || { note "no manylinux abi3 wheel in $PY_DIST: $(ls "$PY_DIST")"; return 1; }
+  ls "$PY_DIST"/supa_realtime-*.tar.gz >/dev/null 2>&1 || { note "no sdist in $PY_DIST"; return 1; }
+  echo "$wheel"
+}
+
+# A fresh venv ($1) with the test requirements and the built wheel ($2) installed, nothing
+# else: the Python tests run against what a user's `pip install` gets.
+fresh_wheel_venv() {
+  local dir="$1" wheel="$2" py="${PYTHON:-python3}"
+  log "fresh venv $dir with the built wheel $(basename "$wheel")"
+  "$py" -m venv --clear "$dir" >&2 || return 1
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$REPO_ROOT/requirements-test.txt" "$wheel" >&2
+}
+
 # The repo's own Python package (crates/python, built with maturin), once it exists.
 ensure_python_package() {
   [ -f "$REPO_ROOT/pyproject.toml" ] || return 0

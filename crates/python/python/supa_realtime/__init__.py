@@ -47,52 +47,114 @@ upstream server does when it re-encodes small maps). Do not rely on key order.
 
 from __future__ import annotations
 
-from ._client import (
-    AsyncRealtimeChannel,
-    AsyncRealtimeClient,
-    RealtimeClient,
-    SyncRealtimeChannel,
-    SyncRealtimeClient,
-)
-from ._exceptions import (
-    AuthorizationError,
-    BufferFullError,
-    ChannelError,
-    InvalidInputError,
-    NotConnectedError,
-    ProtocolError,
-    RealtimeError,
-    RealtimeHTTPError,
-    RealtimeTimeoutError,
-)
-from ._native import __version__
-from ._supabase import (
-    AsyncClient,
-    AsyncClientOptions,
-    Client,
-    ClientOptions,
-    acreate_client,
-    create_async_client,
-    create_client,
-)
-from ._types import (
-    BroadcastPayload,
-    ChannelStates,
-    PostgresChangesPayload,
-    Presence,
-    RealtimeChannelBroadcastConfig,
-    RealtimeChannelConfig,
-    RealtimeChannelOptions,
-    RealtimeChannelPresenceConfig,
-    RealtimeOptions,
-    RealtimePostgresChangesListenEvent,
-    RealtimePresenceListenEvents,
-    RealtimePresenceState,
-    RealtimeSubscribeStates,
-    SystemPayload,
-)
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
-RealtimeChannel = SyncRealtimeChannel
+from ._native import __version__
+
+# The public names load on first use (PEP 562): `realtime` and `supabase` take a few hundred
+# ms to import, which `python -m supa_realtime.server` and the pytest plugin (loaded into
+# every pytest run of a user who has the package installed) do not need.
+if TYPE_CHECKING:
+    from ._client import (
+        AsyncRealtimeChannel,
+        AsyncRealtimeClient,
+        RealtimeClient,
+        SyncRealtimeChannel,
+        SyncRealtimeClient,
+    )
+    from ._exceptions import (
+        AuthorizationError,
+        BufferFullError,
+        ChannelError,
+        InvalidInputError,
+        NotConnectedError,
+        ProtocolError,
+        RealtimeError,
+        RealtimeHTTPError,
+        RealtimeTimeoutError,
+    )
+    from ._supabase import (
+        AsyncClient,
+        AsyncClientOptions,
+        Client,
+        ClientOptions,
+        acreate_client,
+        create_async_client,
+        create_client,
+    )
+    from ._types import (
+        BroadcastPayload,
+        ChannelStates,
+        PostgresChangesPayload,
+        Presence,
+        RealtimeChannelBroadcastConfig,
+        RealtimeChannelConfig,
+        RealtimeChannelOptions,
+        RealtimeChannelPresenceConfig,
+        RealtimeOptions,
+        RealtimePostgresChangesListenEvent,
+        RealtimePresenceListenEvents,
+        RealtimePresenceState,
+        RealtimeSubscribeStates,
+        SystemPayload,
+    )
+
+    RealtimeChannel = SyncRealtimeChannel
+
+_LAZY: Dict[str, Tuple[str, str]] = {
+    "AsyncRealtimeChannel": ("._client", "AsyncRealtimeChannel"),
+    "AsyncRealtimeClient": ("._client", "AsyncRealtimeClient"),
+    "RealtimeClient": ("._client", "RealtimeClient"),
+    "SyncRealtimeChannel": ("._client", "SyncRealtimeChannel"),
+    "SyncRealtimeClient": ("._client", "SyncRealtimeClient"),
+    "AuthorizationError": ("._exceptions", "AuthorizationError"),
+    "BufferFullError": ("._exceptions", "BufferFullError"),
+    "ChannelError": ("._exceptions", "ChannelError"),
+    "InvalidInputError": ("._exceptions", "InvalidInputError"),
+    "NotConnectedError": ("._exceptions", "NotConnectedError"),
+    "ProtocolError": ("._exceptions", "ProtocolError"),
+    "RealtimeError": ("._exceptions", "RealtimeError"),
+    "RealtimeHTTPError": ("._exceptions", "RealtimeHTTPError"),
+    "RealtimeTimeoutError": ("._exceptions", "RealtimeTimeoutError"),
+    "AsyncClient": ("._supabase", "AsyncClient"),
+    "AsyncClientOptions": ("._supabase", "AsyncClientOptions"),
+    "Client": ("._supabase", "Client"),
+    "ClientOptions": ("._supabase", "ClientOptions"),
+    "acreate_client": ("._supabase", "acreate_client"),
+    "create_async_client": ("._supabase", "create_async_client"),
+    "create_client": ("._supabase", "create_client"),
+    "BroadcastPayload": ("._types", "BroadcastPayload"),
+    "ChannelStates": ("._types", "ChannelStates"),
+    "PostgresChangesPayload": ("._types", "PostgresChangesPayload"),
+    "Presence": ("._types", "Presence"),
+    "RealtimeChannelBroadcastConfig": ("._types", "RealtimeChannelBroadcastConfig"),
+    "RealtimeChannelConfig": ("._types", "RealtimeChannelConfig"),
+    "RealtimeChannelOptions": ("._types", "RealtimeChannelOptions"),
+    "RealtimeChannelPresenceConfig": ("._types", "RealtimeChannelPresenceConfig"),
+    "RealtimeOptions": ("._types", "RealtimeOptions"),
+    "RealtimePostgresChangesListenEvent": ("._types", "RealtimePostgresChangesListenEvent"),
+    "RealtimePresenceListenEvents": ("._types", "RealtimePresenceListenEvents"),
+    "RealtimePresenceState": ("._types", "RealtimePresenceState"),
+    "RealtimeSubscribeStates": ("._types", "RealtimeSubscribeStates"),
+    "SystemPayload": ("._types", "SystemPayload"),
+    "RealtimeChannel": ("._client", "SyncRealtimeChannel"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",
