@@ -106,7 +106,12 @@ build_python_dist() {
   local wheel
   wheel="$(ls "$PY_DIST"/supa_realtime-*-abi3-manylinux*.whl 2>/dev/null | head -n1)"
   [ -n "$wheel" ] || { note "no manylinux abi3 wheel in $PY_DIST: $(ls "$PY_DIST")"; return 1; }
-  ls "$PY_DIST"/supa_realtime-*.tar.gz >/dev/null 2>&1 || { note "no sdist in $PY_DIST"; return 1; }
+  local sdist
+  sdist="$(ls "$PY_DIST"/supa_realtime-*.tar.gz 2>/dev/null | head -n1)"
+  [ -n "$sdist" ] || { note "no sdist in $PY_DIST"; return 1; }
+  # The sdist must build on its own: the server crate the module links is inside it.
+  tar tzf "$sdist" | grep -q '/crates/server/src/lib.rs$' \
+    || { note "the sdist lacks crates/server (the server linked into the module)"; return 1; }
   echo "$wheel"
 }
 

@@ -82,6 +82,28 @@ async def test_async_program_uses_table_and_realtime_on_one_client(gateway: Gate
         await supabase.close()
 
 
+def test_official_client_options_are_accepted_as_they_are(server: Any) -> None:
+    # upstream's RealtimeClientOptions are in seconds: a 0.2 s heartbeat is answered soon
+    supabase = create_client(server.url, ANON_KEY, ClientOptions(realtime={"hb_interval": 0.2}))  # type: ignore[typeddict-item]
+    try:
+        supabase.channel("beats").subscribe()
+        assert wait_for(lambda: supabase.realtime.heartbeat_latency is not None, 3.0)
+    finally:
+        supabase.close()
+    # this package's options (ms) under "options", or as a plain dict
+    opts = ClientOptions(realtime={"options": {"offline_buffer": 0}})  # type: ignore[typeddict-unknown-key]
+    create_client(server.url, ANON_KEY, opts).close()
+    create_client(server.url, ANON_KEY, {"hb_interval": 30000}).close()
+    with pytest.raises(TypeError, match="unknown realtime option"):
+        create_client(server.url, ANON_KEY, {"schema": "public"})
+    with pytest.raises(TypeError, match="unknown realtime option"):
+        create_client(server.url, ANON_KEY, ClientOptions(realtime={"hb_intervall": 5}))  # type: ignore[typeddict-unknown-key]
+    with pytest.raises(TypeError, match="options must be"):
+        create_client(server.url, ANON_KEY, 42)  # type: ignore[arg-type]
+    with pytest.raises(official.SupabaseException):
+        create_client("ws://127.0.0.1:1/realtime/v1", ANON_KEY)
+
+
 def test_official_exception_and_state_names_catch_ours(server: Any) -> None:
     supabase = create_client(server.url, ANON_KEY)
     try:
