@@ -239,3 +239,26 @@ async def test_async_sign_in_reaches_realtime_before_the_next_join(rls_server: R
         await supabase.close()
     finally:
         gw.stop()
+
+
+def test_a_new_session_reaches_joined_channels(rls_server: RealtimeServer) -> None:
+    """Joined channels get the new access_token at once: signing in as another user makes the
+    server check RLS again with it, and it closes the channel the new user may not read."""
+    gw = Gateway(rls_server.port, rls_server.jwt_secret).start()
+    try:
+        alice = gw.add_user("alice2@example.com", "pw")
+        gw.add_user("carol@example.com", "pw")
+        supabase = create_client(gw.url, rls_server.anon_key)
+        supabase.auth.sign_in_with_password({"email": "alice2@example.com", "password": "pw"})
+        closed: List[Any] = []
+        channel = supabase.channel(f"srpy-user-{alice}", {"config": {"private": True}})
+        channel.on_close(lambda reason: closed.append(reason))
+        channel.subscribe()
+        assert channel.status == "SUBSCRIBED"
+        supabase.auth.sign_in_with_password({"email": "carol@example.com", "password": "pw"})
+        assert wait_for(lambda: channel.status == "CLOSED", 10.0), channel.status
+        assert wait_for(lambda: len(closed) == 1, 5.0), closed
+        assert "no longer have permission" in str(closed[0]) and channel.status_reason == closed[0]
+        supabase.close()
+    finally:
+        gw.stop()
