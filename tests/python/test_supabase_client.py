@@ -20,7 +20,7 @@ import supabase as official
 import supa_realtime
 from conftest import ANON_KEY, JWT_SECRET, await_for, wait_for
 from standins import Gateway, psql
-from supa_realtime import ClientOptions, create_async_client, create_client
+from supa_realtime import AsyncClientOptions, ClientOptions, create_async_client, create_client
 from supa_realtime.testing import RealtimeServer, start_server
 
 
@@ -40,6 +40,9 @@ def test_create_client_is_the_official_client_and_opens_no_socket(gateway: Gatew
     supabase.table("countries").select("*").execute()
     channel = supabase.channel("not-yet")
     channel.on("broadcast", {"event": "x"}, print)
+    channel.untrack()
+    channel.unsubscribe()
+    supabase.realtime.set_auth(None)
     time.sleep(0.3)
     assert gateway.realtime_connections == 0 and not supabase.realtime.is_connected
     assert channel.status == "IDLE" and supabase.get_channels() == [channel]
@@ -232,6 +235,13 @@ async def test_async_sign_in_reaches_realtime_before_the_next_join(rls_server: R
         channel = supabase.channel(f"srpy-user-{uid}", {"config": {"private": True}})
         await channel.subscribe()  # no await in between: the token must already be realtime's
         assert channel.status == "SUBSCRIBED"
+        # a client created over the stored session starts with it
+        second = await create_async_client(gw.url, rls_server.anon_key,
+                                           AsyncClientOptions(storage=supabase.auth._storage))
+        stored = await second.auth.get_session()
+        assert stored is not None and second.realtime.access_token == stored.access_token
+        await second.channel(f"srpy-user-{uid}", {"config": {"private": True}}).subscribe()
+        await second.close()
         await supabase.auth.sign_out()
         await channel.unsubscribe()
         with pytest.raises(realtime.AuthorizationError):

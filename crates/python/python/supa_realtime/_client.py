@@ -365,7 +365,8 @@ class SyncRealtimeChannel(_ChannelBase):
 
     def untrack(self) -> None:
         """Stop tracking presence."""
-        self._live().untrack()
+        if not self._pending:
+            self._native.untrack()
 
 
 class AsyncRealtimeChannel(_ChannelBase):
@@ -428,7 +429,8 @@ class AsyncRealtimeChannel(_ChannelBase):
 
     async def untrack(self) -> None:
         self._loop()
-        await self._live().untrack_async()
+        if not self._pending:
+            await self._native.untrack_async()
 
 
 class _ClientBase:
