@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 
 use crate::broadcast::{BroadcastMessage, BroadcastPayload};
-use crate::channel::{ChannelConfig, ChannelStatus};
+use crate::config::{ChannelConfig, ChannelStatus};
 use crate::connection::ConnectionState;
 use crate::error::{Error, Result};
 use crate::events::{ChannelEvent, ClientEvent, EventStream, SystemMessage};

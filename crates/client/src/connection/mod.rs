@@ -7,16 +7,18 @@ pub mod backoff;
 pub(crate) mod state;
 mod task;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
 
 use crate::broadcast::BroadcastPayload;
-use crate::channel::{ChannelConfig, ChannelStatus};
+use crate::config::{ChannelConfig, ChannelStatus};
 use crate::error::Result;
-use crate::events::{ChannelEvent, ClientEvent, EventFilter, Subscriber};
+use crate::events::{ChannelEvent, ClientEvent, EventFilter};
 use crate::postgres::PostgresChangesFilter;
 use crate::presence::PresenceState;
+use crate::queue::Subscriber;
 
 pub use state::{CloseReason, ConnectionState};
 pub(crate) use task::spawn;
@@ -31,6 +33,7 @@ pub(crate) struct ChannelParts {
     pub(crate) config: ChannelConfig,
     pub(crate) status: watch::Receiver<ChannelStatus>,
     pub(crate) presence: watch::Receiver<Arc<PresenceState>>,
+    pub(crate) dropped: Arc<AtomicU64>,
 }
 
 /// A push to a channel.

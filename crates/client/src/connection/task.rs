@@ -1,9 +1,29 @@
 //! The task that owns the socket: read loop, writer hand-off, heartbeat, timers, the
 //! reconnect state machine and every channel's state.
+//!
+//! # Reading under backpressure
+//!
+//! Every frame read is routed at once: replies resolve their pushes, heartbeat replies are
+//! timed, `phx_close`/`phx_error`/`system`/`access_token` change the channel, and the events
+//! that result are offered to the consumers' queues ([`crate::queue`]). An event that does
+//! not fit a backpressure consumer's queue waits in that consumer's backlog on this task, in
+//! order. So control frames never wait behind broadcasts while the backlogs have room: the
+//! task keeps reading and handling them.
+//!
+//! Only when the backlogs are full ([`ClientOptions::backlog_events`] /
+//! [`ClientOptions::backlog_bytes`]) does the task stop reading the socket, until a consumer
+//! has drained its queue to half. Then the kernel's buffers fill and TCP pushes back on the
+//! server. While reading is paused, a heartbeat reply may be sitting unread in those
+//! buffers, so the heartbeat timeout counts only the time the task was reading: a server is
+//! declared dead after `heartbeat_timeout` of reading without its reply, never because our
+//! own consumers are slow. With no slow consumer (the normal case) nothing changes: a hung
+//! server is noticed within `hb_interval + heartbeat_timeout`. Writing is never paused, so
+//! heartbeats keep going out and the server does not see us as silent.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,13 +51,14 @@ use super::state::{CloseReason, ConnectionState, Input, ReconnectPolicy};
 use super::{ChannelId, ChannelParts, Command, PushKind, PushOutcome};
 use crate::auth::refresh_delay;
 use crate::broadcast::{BroadcastMessage, BroadcastPayload};
-use crate::channel::{ChannelConfig, ChannelStatus};
+use crate::config::{ChannelConfig, ChannelStatus};
 use crate::endpoint::Endpoint;
 use crate::error::{is_auth_reason, Error, ErrorKind, Result};
-use crate::events::{ChannelEvent, ClientEvent, EventFilter, Subscriber, SystemMessage};
+use crate::events::{ChannelEvent, ClientEvent, EventFilter, SystemMessage};
 use crate::options::{ClientOptions, OfflinePolicy};
 use crate::postgres::{match_bindings, PostgresChange, PostgresChangesFilter};
 use crate::presence::{PresenceEvent, PresenceState};
+use crate::queue::{Flow, Subscriber};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Ws>> + Send>>;
@@ -48,6 +69,8 @@ type Waiter = oneshot::Sender<Result<()>>;
 const OUTBOX_MAX: usize = 4096;
 /// Capacity of the writer task's queue.
 const WRITER_QUEUE: usize = 256;
+/// Drops are reported at most this often (they come in bursts).
+const DROP_REPORT_EVERY: Duration = Duration::from_millis(200);
 
 /// What the handles keep of the task.
 pub(crate) struct TaskParts {
@@ -63,6 +86,7 @@ pub(crate) fn spawn(
     endpoint: Endpoint,
     apikey: String,
     rx: mpsc::Receiver<Command>,
+    flow: Arc<Flow>,
 ) -> TaskParts {
     let initial = ConnectionState::Connecting { attempt: 0 };
     let (state_tx, state) = watch::channel(initial.clone());
@@ -106,6 +130,10 @@ pub(crate) fn spawn(
         open_waiters: Vec::new(),
         last_connect_error: None,
         hb_interval: Duration::ZERO,
+        flow,
+        paused_since: None,
+        paused_total: Duration::ZERO,
+        drop_report_due: false,
     };
     task.hb_interval = task.wanted_hb_interval();
     rt.spawn(task.run());
@@ -131,6 +159,7 @@ enum Timer {
     Buffered { id: ChannelId, seq: u64 },
     TokenRefresh { gen: u64 },
     TokenWait { gen: u64 },
+    DropReport,
 }
 
 enum PendingKind {
@@ -213,6 +242,8 @@ struct ChannelEntry {
     failures: u32,
     rejoin_gen: u64,
     last_system_error: Option<String>,
+    /// Events dropped for this channel's consumers (drop policies only).
+    dropped: Arc<AtomicU64>,
 }
 
 impl ChannelEntry {
@@ -223,6 +254,7 @@ impl ChannelEntry {
             config: self.config.clone(),
             status: self.status_tx.subscribe(),
             presence: self.presence_tx.subscribe(),
+            dropped: self.dropped.clone(),
         }
     }
 
@@ -302,7 +334,7 @@ struct Task {
     awaiting_token: Option<u64>,
     io: Io,
     outbox: VecDeque<WsMessage>,
-    hb_pending: Option<(String, Instant, delay_queue::Key)>,
+    hb_pending: Option<HbPending>,
     next_ref: u64,
     next_channel_id: ChannelId,
     next_seq: u64,
@@ -316,6 +348,23 @@ struct Task {
     last_connect_error: Option<Error>,
     /// The heartbeat interval in force: the smallest of the client's and the channels'.
     hb_interval: Duration,
+    /// Flow control shared with the consumers' queues.
+    flow: Arc<Flow>,
+    /// Since when reading is paused because the consumers' backlogs are full.
+    paused_since: Option<Instant>,
+    /// How long reading was paused, over the task's life (without the current pause).
+    paused_total: Duration,
+    /// A drop report is scheduled.
+    drop_report_due: bool,
+}
+
+/// The heartbeat waiting for its reply.
+struct HbPending {
+    msg_ref: String,
+    sent: Instant,
+    timer: delay_queue::Key,
+    /// [`Task::paused_for`] when it was sent.
+    paused_at_send: Duration,
 }
 
 async fn next_frame(
@@ -427,6 +476,13 @@ impl Task {
         self.start_connect();
         let mut commands = Vec::with_capacity(64);
         loop {
+            if self.flow.has_pending() {
+                // Armed before the last look for room: a consumer that makes room after it
+                // wakes us (see `queue`).
+                self.flow.arm();
+                self.flush_backlogs();
+            }
+            let reading = self.track_pause();
             tokio::select! {
                 biased;
                 n = self.rx.recv_many(&mut commands, 64), if self.outbox.len() < OUTBOX_MAX => {
@@ -440,7 +496,8 @@ impl Task {
                     }
                 }
                 Some(i) = self.internal_rx.recv() => self.on_internal(i),
-                frame = next_frame(&mut self.io.reader) => self.on_frame(frame),
+                () = self.flow.room(), if self.flow.has_pending() => self.flush_backlogs(),
+                frame = next_frame(&mut self.io.reader), if reading => self.on_frame(frame),
                 why = writer_failed(&mut self.io.writer_failed) => self.on_dropped(None, format!("write failed: {why}")),
                 res = connecting(&mut self.io.connecting) => {
                     self.io.connecting = None;
@@ -459,6 +516,75 @@ impl Task {
                 }
             }
             self.drain_outbox();
+            if self.flow.take_unreported() && !self.drop_report_due {
+                self.drop_report_due = true;
+                self.timers.insert(Timer::DropReport, DROP_REPORT_EVERY);
+            }
+        }
+    }
+
+    // ----- flow control -------------------------------------------------------------------
+
+    /// Move waiting events into the consumers' queues where there is room now.
+    fn flush_backlogs(&mut self) {
+        for ch in self.channels.values_mut() {
+            ch.subs.retain_mut(|(_, s)| s.flush());
+        }
+        self.client_subs.retain_mut(Subscriber::flush);
+    }
+
+    /// Whether the socket may be read now; keeps the pause clock.
+    fn track_pause(&mut self) -> bool {
+        let full = self
+            .flow
+            .backlog_full(self.options.backlog_events, self.options.backlog_bytes);
+        match (full, self.paused_since) {
+            (true, None) => {
+                tracing::debug!("consumers are behind: pausing the reading of the socket");
+                self.paused_since = Some(Instant::now());
+            }
+            (false, Some(since)) => {
+                self.paused_total += since.elapsed();
+                self.paused_since = None;
+            }
+            _ => {}
+        }
+        !full
+    }
+
+    /// How long reading has been paused over the task's life.
+    fn paused_for(&self) -> Duration {
+        self.paused_total + self.paused_since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    /// Report drops since the last report: a warning with the count per channel, and a
+    /// [`ChannelEvent::Dropped`] to the channel's error listeners.
+    fn report_drops(&mut self) {
+        self.drop_report_due = false;
+        for ch in self.channels.values_mut() {
+            let count: u64 = ch.subs.iter_mut().map(|(_, s)| s.take_unreported()).sum();
+            if count > 0 {
+                let total = ch.dropped.load(Ordering::Relaxed);
+                tracing::warn!(
+                    topic = %ch.topic,
+                    dropped = count,
+                    total,
+                    "slow consumer: {count} event(s) dropped on {} (overflow policy drops; {total} so far)",
+                    ch.topic
+                );
+                ch.dispatch(ChannelEvent::Dropped { count, total }, &[]);
+            }
+        }
+        let count: u64 = self
+            .client_subs
+            .iter_mut()
+            .map(Subscriber::take_unreported)
+            .sum();
+        if count > 0 {
+            tracing::warn!(
+                dropped = count,
+                "slow consumer: {count} socket event(s) dropped (overflow policy drops)"
+            );
         }
     }
 
@@ -626,8 +752,8 @@ impl Task {
         }
         self.outbox.clear();
         self.awaiting_token = None;
-        if let Some((_, _, key)) = self.hb_pending.take() {
-            self.timers.try_remove(&key);
+        if let Some(hb) = self.hb_pending.take() {
+            self.timers.try_remove(&hb.timer);
         }
         for (_, p) in self.pending.drain() {
             self.timers.try_remove(&p.timer);
@@ -775,10 +901,15 @@ impl Task {
             ev::HEARTBEAT,
             json!({}),
         ));
-        let key = self
+        let timer = self
             .timers
             .insert(Timer::Heartbeat(r.clone()), self.options.heartbeat_timeout);
-        self.hb_pending = Some((r, Instant::now(), key));
+        self.hb_pending = Some(HbPending {
+            msg_ref: r,
+            sent: Instant::now(),
+            timer,
+            paused_at_send: self.paused_for(),
+        });
     }
 
     // ----- channels -----------------------------------------------------------------------
@@ -1372,8 +1503,22 @@ impl Task {
                     }
                 }
             }
+            Timer::DropReport => self.report_drops(),
             Timer::Heartbeat(r) => {
-                if self.hb_pending.as_ref().is_some_and(|(p, _, _)| *p == r) {
+                if self.hb_pending.as_ref().is_some_and(|hb| hb.msg_ref == r) {
+                    // Count only the time we were reading: a reply may wait unread while
+                    // our own consumers hold the socket paused.
+                    let paused_now = self.paused_for();
+                    if let Some(hb) = self.hb_pending.as_mut() {
+                        let paused = paused_now.saturating_sub(hb.paused_at_send);
+                        let reading = hb.sent.elapsed().saturating_sub(paused);
+                        let timeout = self.options.heartbeat_timeout;
+                        if reading < timeout {
+                            let left = (timeout - reading).max(Duration::from_millis(10));
+                            hb.timer = self.timers.insert(Timer::Heartbeat(r), left);
+                            return;
+                        }
+                    }
                     self.hb_pending = None;
                     let e = Error::timeout("heartbeat timeout: the server stopped answering");
                     tracing::warn!("{e}");
@@ -1611,10 +1756,10 @@ impl Task {
             return;
         };
         if m.topic == PHOENIX_TOPIC {
-            if self.hb_pending.as_ref().is_some_and(|(p, _, _)| *p == r) {
-                if let Some((_, sent, key)) = self.hb_pending.take() {
-                    self.timers.try_remove(&key);
-                    let latency = sent.elapsed();
+            if self.hb_pending.as_ref().is_some_and(|hb| hb.msg_ref == r) {
+                if let Some(hb) = self.hb_pending.take() {
+                    self.timers.try_remove(&hb.timer);
+                    let latency = hb.sent.elapsed();
                     self.latency_tx.send_replace(Some(latency));
                     self.emit(ClientEvent::Heartbeat { latency });
                 }
@@ -1696,6 +1841,7 @@ impl Task {
                     failures: 0,
                     rejoin_gen: 0,
                     last_system_error: None,
+                    dropped: Arc::new(AtomicU64::new(0)),
                 };
                 let _ = reply.send(ch.parts());
                 self.topics.insert(topic, id);
@@ -1786,6 +1932,8 @@ impl Task {
                 if presence {
                     ch.presence_listeners = true;
                 }
+                let mut sub = sub;
+                sub.count_in(ch.dropped.clone());
                 ch.subs.push((filter, sub));
                 let _ = reply.send(Ok(()));
                 // As realtime-js and the official Python client: presence enabled on a joined
@@ -1814,6 +1962,8 @@ impl Task {
                 }
                 ch.bindings.push(filter);
                 let idx = ch.bindings.len() - 1;
+                let mut sub = sub;
+                sub.count_in(ch.dropped.clone());
                 ch.subs.push((EventFilter::Postgres(idx), sub));
                 let _ = reply.send(Ok(()));
             }

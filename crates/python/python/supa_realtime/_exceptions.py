@@ -57,6 +57,13 @@ class RealtimeHTTPError(RealtimeError):
     """The REST broadcast endpoint answered with an error status."""
 
 
+class EventsDroppedError(RealtimeError):
+    """Events were dropped because a callback fell behind on a client or channel that opted
+    into dropping (``overflow="drop_newest"`` or ``"drop_oldest"``); the message says how
+    many. Passed to the channel's ``on_error`` callbacks, never raised. The default
+    (``overflow="backpressure"``) drops nothing."""
+
+
 class ProtocolError(RealtimeError):
     """The server sent something the client could not understand, or the transport failed."""
 
@@ -71,4 +78,5 @@ __all__ = [
     "InvalidInputError",
     "RealtimeHTTPError",
     "ProtocolError",
+    "EventsDroppedError",
 ]
