@@ -13,12 +13,24 @@
 //! Only when the backlogs are full ([`ClientOptions::backlog_events`] /
 //! [`ClientOptions::backlog_bytes`]) does the task stop reading the socket, until a consumer
 //! has drained its queue to half. Then the kernel's buffers fill and TCP pushes back on the
-//! server. While reading is paused, a heartbeat reply may be sitting unread in those
-//! buffers, so the heartbeat timeout counts only the time the task was reading: a server is
-//! declared dead after `heartbeat_timeout` of reading without its reply, never because our
-//! own consumers are slow. With no slow consumer (the normal case) nothing changes: a hung
-//! server is noticed within `hb_interval + heartbeat_timeout`. Writing is never paused, so
-//! heartbeats keep going out and the server does not see us as silent.
+//! server. (Frames the server queued for us before its own replies, heartbeat replies
+//! included, are read in order: the server cannot put a reply ahead of what it already
+//! queued.)
+//!
+//! # Liveness under backpressure
+//!
+//! A heartbeat's reply may thus sit unread, in the kernel's buffers while reading is paused
+//! or behind broadcasts the server queued first while a slow consumer paces our reading.
+//! The server is therefore declared dead only when it has been *silent*: no reply to the
+//! heartbeat **and no frame at all** for `heartbeat_timeout`, counting only the time the task
+//! was reading. Frames arriving prove the server alive; time paused by our own consumers
+//! proves nothing either way. A hung server (e.g. SIGSTOP) sends nothing new: once what it
+//! had sent before is read (milliseconds, with consumers that keep up), it is silent and is
+//! noticed within `hb_interval + heartbeat_timeout`, as without backpressure. Writing is
+//! never paused, so heartbeats keep going out and the server does not see us as silent.
+//!
+//! [`ClientOptions::backlog_events`]: crate::ClientOptions::backlog_events
+//! [`ClientOptions::backlog_bytes`]: crate::ClientOptions::backlog_bytes
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -134,6 +146,7 @@ pub(crate) fn spawn(
         paused_since: None,
         paused_total: Duration::ZERO,
         drop_report_due: false,
+        last_frame: (Instant::now(), Duration::ZERO),
     };
     task.hb_interval = task.wanted_hb_interval();
     rt.spawn(task.run());
@@ -356,6 +369,8 @@ struct Task {
     paused_total: Duration,
     /// A drop report is scheduled.
     drop_report_due: bool,
+    /// When the last frame was read, and [`Task::paused_for`] then.
+    last_frame: (Instant, Duration),
 }
 
 /// The heartbeat waiting for its reply.
@@ -1506,15 +1521,20 @@ impl Task {
             Timer::DropReport => self.report_drops(),
             Timer::Heartbeat(r) => {
                 if self.hb_pending.as_ref().is_some_and(|hb| hb.msg_ref == r) {
-                    // Count only the time we were reading: a reply may wait unread while
-                    // our own consumers hold the socket paused.
+                    // Dead only if silent (no reply, no frame) for the timeout, counting
+                    // only reading time (see the module docs).
                     let paused_now = self.paused_for();
                     if let Some(hb) = self.hb_pending.as_mut() {
-                        let paused = paused_now.saturating_sub(hb.paused_at_send);
-                        let reading = hb.sent.elapsed().saturating_sub(paused);
+                        let (since, paused_then) = if self.last_frame.0 > hb.sent {
+                            self.last_frame
+                        } else {
+                            (hb.sent, hb.paused_at_send)
+                        };
+                        let paused = paused_now.saturating_sub(paused_then);
+                        let silent = since.elapsed().saturating_sub(paused);
                         let timeout = self.options.heartbeat_timeout;
-                        if reading < timeout {
-                            let left = (timeout - reading).max(Duration::from_millis(10));
+                        if silent < timeout {
+                            let left = (timeout - silent).max(Duration::from_millis(10));
                             hb.timer = self.timers.insert(Timer::Heartbeat(r), left);
                             return;
                         }
@@ -1575,6 +1595,7 @@ impl Task {
             Some(Err(e)) => return self.on_dropped(None, e.to_string()),
             Some(Ok(f)) => f,
         };
+        self.last_frame = (Instant::now(), self.paused_for());
         let wire = match frame {
             WsMessage::Text(t) => WireFrame::Text(t.as_str().to_owned()),
             WsMessage::Binary(b) => WireFrame::Binary(b),
