@@ -240,6 +240,32 @@ fn targets(r: &Results) -> Vec<(String, String, String, String)> {
         )),
         None => {}
     }
+    match &r.burst {
+        Some(Ok(b)) => {
+            if let Some((worst, lost, official)) = crate::burst::best_python(b) {
+                out.push((
+                    format!(
+                        "burst {}: 0 lost, >= 10x the official client's callbacks/s",
+                        b.n
+                    ),
+                    format!(
+                        "lost {lost}; slowest of ours {}/s vs official {}/s",
+                        human(worst),
+                        human(official)
+                    ),
+                    ratio(worst, official),
+                    status(lost == 0 && worst >= 10.0 * official).into(),
+                ));
+            }
+        }
+        Some(Err(e)) => out.push((
+            "burst".into(),
+            e.clone(),
+            "".into(),
+            "**not measured**".into(),
+        )),
+        None => {}
+    }
     match &r.presence {
         Some(Ok(p)) => {
             let base = fan(r, &format!("fanout-1x{f1}-baseline"))
@@ -581,6 +607,23 @@ pub fn write(
             let _ = writeln!(md, "failed: {e}\n");
         }
         None => {}
+    }
+
+    // burst
+    if let Some(b) = &r.burst {
+        let _ = writeln!(
+            md,
+            "## 7. Burst: one client, {} broadcasts at once\n",
+            b.as_ref().map_or(0, |b| b.n)
+        );
+        match b {
+            Ok(b) => {
+                let _ = writeln!(md, "{}", crate::burst::section(b));
+            }
+            Err(e) => {
+                let _ = writeln!(md, "failed: {e}\n");
+            }
+        }
     }
 
     if let Ok(profile) = std::fs::read_to_string(charts_dir.join("PROFILE.md")) {
