@@ -159,6 +159,8 @@ fn reply(v2: bool, join_ref: &Value, msg_ref: &Value, topic: &str) -> WsMessage 
     }
 }
 
+// The handshake callback's error type is tungstenite's (an HTTP response).
+#[allow(clippy::result_large_err)]
 async fn connection(tcp: TcpStream, n: usize) -> Res<()> {
     let mut query = String::new();
     let ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {

@@ -69,7 +69,7 @@ struct Cli {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Run only these scenarios (comma list of: fanout, connections, python, postgres, presence,
-    /// burst).
+    /// burst, presence-clients).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record a `perf` profile of the server during this fan-out or scenario name
@@ -167,6 +167,7 @@ pub struct Results {
     pub pg: Option<Result<pg::PgResult, String>>,
     pub presence: Option<Result<presence::PresenceResult, String>>,
     pub burst: Option<Result<burst::BurstResult, String>>,
+    pub presence_clients: Option<Result<presence::ClientPresenceResult, String>>,
     pub perf: Option<String>,
     pub load_before: String,
     pub load_after: String,
@@ -451,6 +452,9 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
     if ctx.wants("burst") {
         steps += 1;
     }
+    if ctx.wants("presence-clients") {
+        steps += 1;
+    }
     bar.set_length(steps);
     if nofile < s.connections as u64 + 1000 {
         crate::say(
@@ -725,6 +729,34 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         }
         .await;
         r.burst = Some(fmt_err(res));
+        bar.inc(1);
+    }
+
+    if ctx.wants("presence-clients") {
+        bar.set_message("presence-clients");
+        let res: Res<presence::ClientPresenceResult> = async {
+            let mut proc = ctx.server(&[], &[], "presence-clients").await?;
+            let out = presence::run_clients(&proc, s.presence, bar).await;
+            proc.stop();
+            out
+        }
+        .await;
+        crate::say(
+            bar,
+            format!(
+                "presence (Rust clients): {}",
+                match &res {
+                    Ok(p) => format!(
+                        "{} clients all see the full state in {:.2} s; peak RSS {} MiB",
+                        p.clients,
+                        p.full_state_secs,
+                        p.peak_rss_kb / 1024
+                    ),
+                    Err(e) => format!("failed: {e}"),
+                }
+            ),
+        );
+        r.presence_clients = Some(fmt_err(res));
         bar.inc(1);
     }
 }

@@ -609,6 +609,25 @@ pub fn write(
         None => {}
     }
 
+    match &r.presence_clients {
+        Some(Ok(p)) => {
+            let _ = writeln!(
+                md,
+                "### Presence through the Rust client\n\n{n} `supa_realtime::RealtimeClient`s in one process (one socket each) join `presence-clients` with their own key, each with a presence event stream drained by its own task, then all `track`. \
+                 *Full state*: until every client's `Sync` state holds all {n}. Peak RSS is the bench process's (it started at {base} MiB).\n\n\
+                 | clients | full state everywhere | peak RSS |\n|---|---|---|\n| {n} | {:.2} s | {} MiB |\n",
+                p.full_state_secs,
+                p.peak_rss_kb / 1024,
+                n = p.clients,
+                base = p.base_rss_kb / 1024,
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(md, "### Presence through the Rust client\n\nfailed: {e}\n");
+        }
+        None => {}
+    }
+
     // burst
     if let Some(b) = &r.burst {
         let _ = writeln!(

@@ -112,6 +112,10 @@ impl Weigh for ChannelEvent {
                 | ChannelEvent::Dropped { .. } => 0,
             }
     }
+
+    fn is_control(&self) -> bool {
+        matches!(self, ChannelEvent::Status(_) | ChannelEvent::Dropped { .. })
+    }
 }
 
 /// About what a JSON value takes in memory: its text plus a word per node.
@@ -132,6 +136,10 @@ fn json_weight(v: &Value) -> usize {
 impl Weigh for ClientEvent {
     fn weight(&self) -> usize {
         EVENT_OVERHEAD
+    }
+
+    fn is_control(&self) -> bool {
+        !matches!(self, ClientEvent::Heartbeat { .. })
     }
 }
 

@@ -20,6 +20,8 @@
 //!   - [`DropOldest`](Overflow::DropOldest): the event waits in the backlog (up to the queue's
 //!     capacity again), and the oldest waiting event is dropped to make room.
 //!
+//!   Status changes and drop reports are never dropped (they wait in the backlog).
+//!
 //!   Every drop is counted (per stream: [`EventStream::dropped`]; per channel:
 //!   [`RealtimeChannel::dropped_events`](crate::RealtimeChannel::dropped_events); per client:
 //!   [`RealtimeClient::dropped_events`](crate::RealtimeClient::dropped_events)) and reported,
@@ -83,9 +85,15 @@ impl Overflow {
     }
 }
 
-/// The size an event counts for in byte bounds: its payload plus a fixed overhead.
+/// What the queues need to know of an event.
 pub(crate) trait Weigh {
+    /// The size it counts for in byte bounds: its payload plus a fixed overhead.
     fn weight(&self) -> usize;
+    /// A status change or a drop report: never dropped by a drop policy (they are few, and
+    /// losing one would hide what happened, the drops included).
+    fn is_control(&self) -> bool {
+        false
+    }
 }
 
 /// Flow-control state shared by a client's connection task and all its streams.
@@ -262,12 +270,18 @@ impl<E: Weigh> Subscriber<E> {
         }
         match self.overflow {
             Overflow::Backpressure => self.push_backlog(ev, weight),
+            _ if ev.is_control() => self.push_backlog(ev, weight),
             Overflow::DropNewest => self.drop_one(),
             Overflow::DropOldest => {
                 self.push_backlog(ev, weight);
                 if self.backlog.len() > self.shared.capacity {
-                    let _ = self.pop_backlog();
-                    self.drop_one();
+                    if let Some(i) = self.backlog.iter().position(|(e, _)| !e.is_control()) {
+                        // Drop-oldest backlogs do not count toward the pause, only as pending.
+                        if self.backlog.remove(i).is_some() {
+                            self.shared.flow.pending.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        self.drop_one();
+                    }
                 }
             }
         }
@@ -606,6 +620,55 @@ mod tests {
             .expect("woken at the low-water mark");
         assert!(sub.flush());
         assert!(!sub.is_backlogged());
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Ev {
+        Data(u32),
+        Control,
+    }
+
+    impl Weigh for Ev {
+        fn weight(&self) -> usize {
+            10
+        }
+        fn is_control(&self) -> bool {
+            matches!(self, Ev::Control)
+        }
+    }
+
+    #[test]
+    fn control_events_are_never_dropped() {
+        for overflow in [Overflow::DropNewest, Overflow::DropOldest] {
+            let flow = Flow::new();
+            let (mut sub, rx) = queue::<Ev>(&flow, spec(1, overflow));
+            let mut stream = EventStream::new(rx, Some);
+            sub.offer(Ev::Data(0));
+            sub.offer(Ev::Control);
+            sub.offer(Ev::Data(1));
+            sub.offer(Ev::Control);
+            sub.offer(Ev::Data(2));
+            let mut got = Vec::new();
+            loop {
+                while let Some(e) = stream.try_recv() {
+                    got.push(e);
+                }
+                if !flow.has_pending() {
+                    break;
+                }
+                sub.flush();
+            }
+            assert_eq!(
+                got.iter().filter(|e| **e == Ev::Control).count(),
+                2,
+                "{overflow:?}: {got:?}"
+            );
+            assert_eq!(got.len() as u64 + stream.dropped(), 5, "{overflow:?}");
+            assert!(
+                !flow.backlog_full(1, usize::MAX),
+                "{overflow:?}: never pauses the socket"
+            );
+        }
     }
 
     #[test]

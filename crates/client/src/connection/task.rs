@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use supa_realtime_protocol::binary::{self, ServerBinary};
 use supa_realtime_protocol::presence::{state_from_wire, PresenceDiff, PresenceSync};
@@ -81,6 +81,8 @@ type Waiter = oneshot::Sender<Result<()>>;
 const OUTBOX_MAX: usize = 4096;
 /// Capacity of the writer task's queue.
 const WRITER_QUEUE: usize = 256;
+/// Most frames handled per wake-up of the task (the rest of the loop runs between batches).
+const READ_BATCH: usize = 64;
 /// Drops are reported at most this often (they come in bursts).
 const DROP_REPORT_EVERY: Duration = Duration::from_millis(200);
 
@@ -147,6 +149,7 @@ pub(crate) fn spawn(
         paused_total: Duration::ZERO,
         drop_report_due: false,
         last_frame: (Instant::now(), Duration::ZERO),
+        presence_dirty: Vec::new(),
     };
     task.hb_interval = task.wanted_hb_interval();
     rt.spawn(task.run());
@@ -244,6 +247,8 @@ struct ChannelEntry {
     presence_tx: watch::Sender<Arc<PresenceState>>,
     subs: Vec<(EventFilter, Subscriber<ChannelEvent>)>,
     presence: PresenceSync,
+    /// Presence events of the current read batch, not yet dispatched.
+    presence_pending: Vec<supa_realtime_protocol::presence::PresenceEvent>,
     presence_listeners: bool,
     presence_active: bool,
     tracked: Option<Value>,
@@ -300,13 +305,28 @@ impl ChannelEntry {
                 .is_some_and(|k| !k.is_empty())
     }
 
-    fn apply_presence(&mut self, events: Vec<supa_realtime_protocol::presence::PresenceEvent>) {
-        if events.is_empty() {
+    /// Queue presence events until the end of the read batch; `true` if the channel just
+    /// became dirty (the task then publishes it, see [`Task::publish_presence`]).
+    fn apply_presence(
+        &mut self,
+        events: Vec<supa_realtime_protocol::presence::PresenceEvent>,
+    ) -> bool {
+        let was_clean = self.presence_pending.is_empty();
+        self.presence_pending.extend(events);
+        was_clean && !self.presence_pending.is_empty()
+    }
+
+    /// Build the user-facing presence state **once** for every diff of the batch, publish it
+    /// and dispatch the batch's events with it. Building it per diff made a channel of n
+    /// presences cost O(n) per diff and hold one O(n) snapshot per queued `Sync` event: n
+    /// clients of one channel in one process grew with n³.
+    fn publish_presence(&mut self) {
+        if self.presence_pending.is_empty() {
             return;
         }
         let state = Arc::new(self.presence.user_state());
         self.presence_tx.send_replace(state.clone());
-        for e in events {
+        for e in std::mem::take(&mut self.presence_pending) {
             self.dispatch(
                 ChannelEvent::Presence(Arc::new(PresenceEvent::from_proto(e, &state))),
                 &[],
@@ -315,6 +335,7 @@ impl ChannelEntry {
     }
 
     fn reset_presence(&mut self) {
+        self.presence_pending.clear();
         self.presence = PresenceSync::new();
         self.presence_tx
             .send_replace(Arc::new(PresenceState::new()));
@@ -371,6 +392,8 @@ struct Task {
     drop_report_due: bool,
     /// When the last frame was read, and [`Task::paused_for`] then.
     last_frame: (Instant, Duration),
+    /// Channels with presence events of the current read batch.
+    presence_dirty: Vec<ChannelId>,
 }
 
 /// The heartbeat waiting for its reply.
@@ -512,7 +535,7 @@ impl Task {
                 }
                 Some(i) = self.internal_rx.recv() => self.on_internal(i),
                 () = self.flow.room(), if self.flow.has_pending() => self.flush_backlogs(),
-                frame = next_frame(&mut self.io.reader), if reading => self.on_frame(frame),
+                frame = next_frame(&mut self.io.reader), if reading => self.on_frames(frame),
                 why = writer_failed(&mut self.io.writer_failed) => self.on_dropped(None, format!("write failed: {why}")),
                 res = connecting(&mut self.io.connecting) => {
                     self.io.connecting = None;
@@ -1589,6 +1612,32 @@ impl Task {
 
     // ----- reading ------------------------------------------------------------------------
 
+    /// Handle `first` and whatever else is already readable, up to [`READ_BATCH`] frames or
+    /// until the backlogs are full; then publish the batch's presence changes.
+    fn on_frames(&mut self, first: Option<std::result::Result<WsMessage, tungstenite::Error>>) {
+        self.on_frame(first);
+        for _ in 1..READ_BATCH {
+            if self
+                .flow
+                .backlog_full(self.options.backlog_events, self.options.backlog_bytes)
+            {
+                break;
+            }
+            let Some(reader) = self.io.reader.as_mut() else {
+                break;
+            };
+            match reader.next().now_or_never() {
+                Some(frame) => self.on_frame(frame),
+                None => break,
+            }
+        }
+        for id in std::mem::take(&mut self.presence_dirty) {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.publish_presence();
+            }
+        }
+    }
+
     fn on_frame(&mut self, frame: Option<std::result::Result<WsMessage, tungstenite::Error>>) {
         let frame = match frame {
             None => return self.on_dropped(None, "connection closed".to_owned()),
@@ -1667,14 +1716,18 @@ impl Task {
                 ev::PRESENCE_STATE => {
                     if ch.presence_active {
                         let events = ch.presence.apply_state(&state_from_wire(&m.payload));
-                        ch.apply_presence(events);
+                        if ch.apply_presence(events) {
+                            self.presence_dirty.push(id);
+                        }
                     }
                     return;
                 }
                 ev::PRESENCE_DIFF => {
                     if ch.presence_active {
                         let events = ch.presence.apply_diff(PresenceDiff::from_wire(&m.payload));
-                        ch.apply_presence(events);
+                        if ch.apply_presence(events) {
+                            self.presence_dirty.push(id);
+                        }
                     }
                     return;
                 }
@@ -1853,6 +1906,7 @@ impl Task {
                     presence_tx,
                     subs: Vec::new(),
                     presence: PresenceSync::new(),
+                    presence_pending: Vec::new(),
                     presence_listeners: false,
                     presence_active: false,
                     tracked: None,
