@@ -175,7 +175,9 @@ pub async fn run_clients(proc: &Proc, n: usize, bar: &ProgressBar) -> Res<Client
     let made = bounded((0..n).collect::<Vec<_>>(), 64, |i| {
         let url = url.clone();
         async move {
-            let client = RealtimeClient::connect(&url, ANON_KEY, ClientOptions::default()).await?;
+            // A generous timeout: 1,000 tracks at once keep the server busy for seconds.
+            let options = ClientOptions::default().with_timeout(Duration::from_secs(120));
+            let client = RealtimeClient::connect(&url, ANON_KEY, options).await?;
             let ch = client
                 .channel(
                     "presence-clients",

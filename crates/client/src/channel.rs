@@ -159,7 +159,7 @@ impl RealtimeChannel {
     ///
     /// After a failure the channel keeps retrying in the background (as realtime-js) until
     /// [`unsubscribe`](Self::unsubscribe) — except after a binding mismatch, which leaves the
-    /// channel, or when its [`RejoinPolicy`] gives up.
+    /// channel, or when its [`RejoinPolicy`](crate::RejoinPolicy) gives up.
     pub async fn subscribe(&self) -> Result<()> {
         let id = self.inner.id;
         let wait = self.inner.shared.options.timeout + Duration::from_millis(500);

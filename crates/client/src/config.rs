@@ -73,7 +73,7 @@ impl RejoinPolicy {
 pub struct ChannelConfig {
     /// Receive your own broadcasts.
     pub broadcast_self: bool,
-    /// The server acknowledges each broadcast; [`RealtimeChannel::send_broadcast`] then waits
+    /// The server acknowledges each broadcast; [`RealtimeChannel::send_broadcast`](crate::RealtimeChannel::send_broadcast) then waits
     /// for it.
     pub broadcast_ack: bool,
     /// Replay stored messages since this unix-ms time, at most `limit` (private channels only).

@@ -6,7 +6,7 @@
 //! Every stream (and every callback, which is a stream drained by its own task) has its own
 //! bounded queue: at most [`ClientOptions::event_queue_capacity`] events and
 //! [`ClientOptions::event_queue_bytes`] bytes of payload (one event always fits). The
-//! connection task owns the sending half, a [`Subscriber`], and offers each event to it:
+//! connection task owns the sending half, a subscriber, and offers each event to it:
 //!
 //! * there is room: the event goes into the queue;
 //! * the queue is full and the consumer's [`Overflow`] is
@@ -31,7 +31,7 @@
 //!
 //! # Waking the task
 //!
-//! A [`Flow`] is shared by a client's task and all its streams. While some backlog is not
+//! A `Flow` is shared by a client's task and all its streams. While some backlog is not
 //! empty the task sets `waiting` and sleeps on one `Notify`; a stream that takes events out
 //! of its queue and finds `waiting` set and its queue at or below half full wakes it. The
 //! half-full low-water mark makes the task move events in chunks of half a queue instead of

@@ -310,6 +310,10 @@ fn dispatch_loop(
             }
         };
         Python::attach(|py| {
+            // Checked again attached: `stop` runs at interpreter exit, holding the GIL.
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
             if let Err(e) = deliver(py, mode, &items, slot) {
                 log_error(
                     py,

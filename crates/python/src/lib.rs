@@ -35,7 +35,7 @@ mod runtime;
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    logging::init(m.py());
+    logging::init(m.py())?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<channel::NativeChannel>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

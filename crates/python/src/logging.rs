@@ -15,12 +15,15 @@
 //! formatted: the thread reads that level every 250 ms (and whenever a client is created).
 //! If the queue is ever full, the records that did not fit are counted and the count is
 //! logged as a warning: nothing is lost silently.
+//!
+//! The thread stops at interpreter exit (an `atexit` hook waits for it, with the GIL
+//! released): a thread that attaches while the interpreter finalizes aborts the process.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -39,6 +42,10 @@ const LEVEL_EVERY: Duration = Duration::from_millis(250);
 static LEVEL: AtomicU8 = AtomicU8::new(30);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static QUEUE_TX: OnceLock<SyncSender<Record>> = OnceLock::new();
+/// Set at interpreter exit: the thread attaches no more.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The thread's handle, joined at exit.
+static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 
 struct Record {
     logger: String,
@@ -128,22 +135,42 @@ impl<S: tracing::Subscriber> Layer<S> for PythonLogging {
 
 /// Install the layer as the process's `tracing` subscriber (unless another one is set) and
 /// start the logging thread. Called once, from the module's init.
-pub(crate) fn init(py: Python<'_>) {
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     if QUEUE_TX.get().is_some() {
-        return;
+        return Ok(());
     }
     let (tx, rx) = mpsc::sync_channel::<Record>(QUEUE);
     if QUEUE_TX.set(tx).is_err() {
-        return;
+        return Ok(());
     }
     refresh_level(py);
     let spawned = std::thread::Builder::new()
         .name("supa-realtime-log".into())
         .spawn(move || log_loop(&rx));
-    if spawned.is_ok() {
+    if let Ok(handle) = spawned {
+        if let Ok(mut t) = THREAD.lock() {
+            *t = Some(handle);
+        }
+        py.import("atexit")?
+            .call_method1("register", (wrap_pyfunction!(stop_logging, py)?,))?;
         let _ = tracing_subscriber::registry()
             .with(PythonLogging)
             .try_init();
+    }
+    Ok(())
+}
+
+/// Stop the logging thread (registered with `atexit`): it attaches no more once this
+/// returns.
+#[pyfunction]
+fn stop_logging(py: Python<'_>) {
+    STOP.store(true, Ordering::SeqCst);
+    let handle = THREAD.lock().ok().and_then(|mut t| t.take());
+    if let Some(h) = handle {
+        // The thread may be waiting for the GIL: release it while joining.
+        py.detach(move || {
+            let _ = h.join();
+        });
     }
 }
 
@@ -161,6 +188,9 @@ fn log_loop(rx: &mpsc::Receiver<Record>) {
     let mut loggers: HashMap<String, Py<PyAny>> = HashMap::new();
     let mut level_read = Instant::now();
     loop {
+        if STOP.load(Ordering::SeqCst) {
+            return;
+        }
         let first = match rx.recv_timeout(LEVEL_EVERY) {
             Ok(r) => Some(r),
             Err(RecvTimeoutError::Timeout) => None,
@@ -178,8 +208,15 @@ fn log_loop(rx: &mpsc::Receiver<Record>) {
         if batch.is_empty() && !refresh && dropped == 0 {
             continue;
         }
+        if STOP.load(Ordering::SeqCst) {
+            return;
+        }
         // `None` while the interpreter is finalizing: nothing to log to any more.
         let attached = Python::try_attach(|py| {
+            // Checked again with the GIL held: `stop_logging` sets it holding the GIL.
+            if STOP.load(Ordering::SeqCst) {
+                return;
+            }
             if refresh {
                 refresh_level(py);
                 level_read = Instant::now();
