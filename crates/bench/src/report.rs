@@ -632,7 +632,7 @@ pub fn write(
     if let Some(b) = &r.burst {
         let _ = writeln!(
             md,
-            "## 7. Burst: one client, {} broadcasts at once\n",
+            "## 8. Burst: one client, {} broadcasts at once\n",
             b.as_ref().map_or(0, |b| b.n)
         );
         match b {
