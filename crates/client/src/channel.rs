@@ -11,10 +11,10 @@ use crate::broadcast::{BroadcastMessage, BroadcastPayload};
 use crate::config::{ChannelConfig, ChannelStatus};
 use crate::connection::{ChannelId, ChannelParts, Command, PushKind, PushOutcome};
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{ChannelEvent, EventFilter, EventStream, SystemMessage};
+use crate::events::{ChannelEvent, EventFilter, SystemMessage};
 use crate::postgres::{PostgresChange, PostgresChangesFilter};
 use crate::presence::{PresenceEvent, PresenceState};
-use crate::queue::{self, QueueSpec};
+use crate::queue::{self, EventStream, QueueSpec};
 use crate::rest;
 use crate::shared::Shared;
 

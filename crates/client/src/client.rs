@@ -10,9 +10,9 @@ use crate::config::ChannelConfig;
 use crate::connection::{self, Command, ConnectionState};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
-use crate::events::{ClientEvent, EventStream};
+use crate::events::ClientEvent;
 use crate::options::ClientOptions;
-use crate::queue::{self, Flow, QueueSpec};
+use crate::queue::{self, EventStream, Flow, QueueSpec};
 use crate::shared::Shared;
 
 /// Capacity of the command queue from handles to the connection task.

@@ -2,7 +2,8 @@
 //! consumer wants.
 //!
 //! Events reach consumers through bounded queues; how a slow consumer is handled (the socket
-//! slows down, or events are dropped and reported) is in [`queue`](crate::queue).
+//! slows down, or events are dropped and reported) is in [`queue`](crate::queue), what an
+//! event weighs in its byte bounds in `weight.rs`.
 //! Dropping a stream unregisters it.
 
 use std::sync::Arc;
@@ -10,10 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::queue::Weigh;
-pub use crate::queue::{EventStream, Overflow};
-
-use crate::broadcast::{BroadcastMessage, BroadcastPayload};
+use crate::broadcast::BroadcastMessage;
 use crate::config::ChannelStatus;
 use crate::error::Error;
 use crate::postgres::PostgresChange;
@@ -68,7 +66,7 @@ pub enum ChannelEvent {
     /// The channel's status changed (`SUBSCRIBED`, `TIMED_OUT`, `CLOSED`, `CHANNEL_ERROR`, ...).
     Status(ChannelStatus),
     /// Consumers of this channel that opted into a drop policy
-    /// ([`Overflow::DropNewest`] / [`Overflow::DropOldest`]) were too slow and `count` events
+    /// ([`Overflow::DropNewest`](crate::Overflow::DropNewest) / [`Overflow::DropOldest`](crate::Overflow::DropOldest)) were too slow and `count` events
     /// were dropped since the last report (`total` since the channel was created). Sent to
     /// error listeners ([`RealtimeChannel::on_error`](crate::RealtimeChannel::on_error),
     /// [`RealtimeChannel::events`](crate::RealtimeChannel::events)), a few times a second at most.
@@ -78,69 +76,6 @@ pub enum ChannelEvent {
         /// Dropped on this channel so far.
         total: u64,
     },
-}
-
-/// What a queued event weighs beyond its payload (the event itself, its `Arc`, routing).
-const EVENT_OVERHEAD: usize = 64;
-
-impl Weigh for ChannelEvent {
-    fn weight(&self) -> usize {
-        EVENT_OVERHEAD
-            + match self {
-                ChannelEvent::Broadcast(m) => {
-                    m.event.len()
-                        + match &m.payload {
-                            BroadcastPayload::Json(v) => json_weight(v),
-                            BroadcastPayload::Binary(b) => b.len(),
-                        }
-                        + m.meta.as_ref().map_or(0, json_weight)
-                }
-                ChannelEvent::PostgresChanges(c) => {
-                    c.new
-                        .values()
-                        .chain(c.old.values())
-                        .map(json_weight)
-                        .sum::<usize>()
-                        + c.columns
-                            .iter()
-                            .map(|(n, t)| n.len() + t.len())
-                            .sum::<usize>()
-                }
-                ChannelEvent::Presence(_)
-                | ChannelEvent::System(_)
-                | ChannelEvent::Status(_)
-                | ChannelEvent::Dropped { .. } => 0,
-            }
-    }
-
-    fn is_control(&self) -> bool {
-        matches!(self, ChannelEvent::Status(_) | ChannelEvent::Dropped { .. })
-    }
-}
-
-/// About what a JSON value takes in memory: its text plus a word per node.
-fn json_weight(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
-        Value::String(s) => 8 + s.len(),
-        Value::Array(a) => 8 + a.iter().map(json_weight).sum::<usize>(),
-        Value::Object(o) => {
-            8 + o
-                .iter()
-                .map(|(k, v)| 8 + k.len() + json_weight(v))
-                .sum::<usize>()
-        }
-    }
-}
-
-impl Weigh for ClientEvent {
-    fn weight(&self) -> usize {
-        EVENT_OVERHEAD
-    }
-
-    fn is_control(&self) -> bool {
-        !matches!(self, ClientEvent::Heartbeat { .. })
-    }
 }
 
 /// Socket-level events of a client.

@@ -92,6 +92,7 @@ mod presence;
 pub mod queue;
 mod rest;
 mod shared;
+mod weight;
 
 pub use auth::{jwt_exp, TokenFuture, TokenProvider};
 pub use broadcast::{BroadcastMessage, BroadcastPayload};
