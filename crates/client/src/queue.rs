@@ -392,6 +392,14 @@ impl QueueHandle {
     }
 }
 
+impl Drop for QueueHandle {
+    /// A consumer that goes away while the task waits for room must wake it: its backlog is
+    /// discarded then, and reading may resume.
+    fn drop(&mut self) {
+        self.shared.flow.wake();
+    }
+}
+
 /// A stream of events of type `T` (e.g. [`BroadcastMessage`](crate::BroadcastMessage) from
 /// [`RealtimeChannel::broadcasts`](crate::RealtimeChannel::broadcasts)).
 ///
@@ -669,6 +677,20 @@ mod tests {
                 "{overflow:?}: never pauses the socket"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_while_the_task_waits_wakes_it() {
+        let (flow, mut sub, stream) = pair(1, Overflow::Backpressure);
+        sub.offer(0);
+        sub.offer(1);
+        flow.arm();
+        drop(stream);
+        tokio::time::timeout(std::time::Duration::from_secs(5), flow.room())
+            .await
+            .expect("woken by the drop");
+        assert!(!sub.flush(), "the consumer is gone");
+        assert!(!flow.has_pending());
     }
 
     #[test]
