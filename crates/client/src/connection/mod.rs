@@ -10,7 +10,9 @@
 //! that result are offered to the consumers' queues ([`crate::queue`]). An event that does
 //! not fit a backpressure consumer's queue waits in that consumer's backlog on this task, in
 //! order. So control frames never wait behind broadcasts while the backlogs have room: the
-//! task keeps reading and handling them.
+//! task keeps reading and handling them. Frames are handled in read batches (what is
+//! readable, up to 64); the presence events of a batch are dispatched at its end with one
+//! snapshot of the state (building one per diff cost O(n) per diff for n presences).
 //!
 //! Only when the backlogs are full ([`ClientOptions::backlog_events`] /
 //! [`ClientOptions::backlog_bytes`]) does the task stop reading the socket, until a consumer
@@ -30,6 +32,8 @@
 //! had sent before is read (milliseconds, with consumers that keep up), it is silent and is
 //! noticed within `hb_interval + heartbeat_timeout`, as without backpressure. Writing is
 //! never paused, so heartbeats keep going out and the server does not see us as silent.
+//! The trade-off: a server that keeps sending while its heartbeat handling is broken is not
+//! declared dead; its socket is evidently alive.
 //!
 //! [`ClientOptions::backlog_events`]: crate::ClientOptions::backlog_events
 //! [`ClientOptions::backlog_bytes`]: crate::ClientOptions::backlog_bytes

@@ -1,7 +1,6 @@
 //! The task that owns the socket: read loop, writer hand-off, heartbeat, timers, the
 //! reconnect state machine and every channel's state.
 //!
-//!
 //! Split by concern: [`lifecycle`] (socket, writing, heartbeats), [`channels`] (entries and
 //! their transitions), [`pushes`] (and the offline buffer), [`inbound`] (routing of what is
 //! read), [`auth`] (tokens), [`timers`], [`flow`] (backlogs, pause, drop reports),
