@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod baseline;
+mod burst;
 mod charts;
 mod common;
 mod conns;
@@ -58,10 +59,17 @@ struct Cli {
     /// The Python client driver.
     #[arg(long, default_value = "bench/py_client.py")]
     py_script: PathBuf,
+    /// The Python burst driver.
+    #[arg(long, default_value = "bench/py_burst.py")]
+    py_burst_script: PathBuf,
+    /// Override the burst size (200,000 in a full run).
+    #[arg(long)]
+    burst: Option<usize>,
     /// PostgreSQL for postgres_changes and database broadcast (skipped without one).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Run only these scenarios (comma list of: fanout, connections, python, postgres, presence).
+    /// Run only these scenarios (comma list of: fanout, connections, python, postgres, presence,
+    /// burst, presence-clients).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record a `perf` profile of the server during this fan-out or scenario name
@@ -83,6 +91,13 @@ enum Sub {
         #[arg(long)]
         addr: String,
     },
+    /// The raw burst sender (see `burst`), run as its own process.
+    BurstServer {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        n: usize,
+    },
 }
 
 /// Sizes of one run.
@@ -100,6 +115,7 @@ pub struct Sizes {
     pub pg_changes: usize,
     pub pg_subs: usize,
     pub presence: usize,
+    pub burst: usize,
 }
 
 impl Sizes {
@@ -118,6 +134,7 @@ impl Sizes {
                 pg_changes: 1000,
                 pg_subs: 10,
                 presence: 50,
+                burst: 5000,
             }
         } else {
             Sizes {
@@ -133,6 +150,7 @@ impl Sizes {
                 pg_changes: 20_000,
                 pg_subs: 100,
                 presence: 1000,
+                burst: 200_000,
             }
         }
     }
@@ -148,6 +166,8 @@ pub struct Results {
     pub python: Option<Result<python::PyResult, String>>,
     pub pg: Option<Result<pg::PgResult, String>>,
     pub presence: Option<Result<presence::PresenceResult, String>>,
+    pub burst: Option<Result<burst::BurstResult, String>>,
+    pub presence_clients: Option<Result<presence::ClientPresenceResult, String>>,
     pub perf: Option<String>,
     pub load_before: String,
     pub load_after: String,
@@ -328,6 +348,15 @@ fn load() -> String {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Sub::BurstServer { addr, n }) = &cli.command {
+        return match burst::serve(addr, *n) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("burst server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Sub::BaselineServer { addr }) = &cli.command {
         return match baseline::run(addr) {
             Ok(()) => std::process::ExitCode::SUCCESS,
@@ -399,6 +428,9 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
     if let Some(n) = ctx.cli.presence_clients {
         s.presence = n;
     }
+    if let Some(n) = ctx.cli.burst {
+        s.burst = n;
+    }
     r.sizes = Some(s.clone());
     let bar = &ctx.bar;
     let mut steps = 0;
@@ -415,6 +447,12 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         steps += 1;
     }
     if ctx.wants("presence") {
+        steps += 1;
+    }
+    if ctx.wants("burst") {
+        steps += 1;
+    }
+    if ctx.wants("presence-clients") {
         steps += 1;
     }
     bar.set_length(steps);
@@ -656,6 +694,69 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
             ),
         );
         r.presence = Some(fmt_err(res));
+        bar.inc(1);
+    }
+
+    if ctx.wants("burst") {
+        bar.set_message("burst");
+        let res: Res<burst::BurstResult> = async {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut proc = Proc::start(
+                "burst-server",
+                &ctx.self_exe,
+                &[
+                    "burst-server".into(),
+                    "--addr".into(),
+                    addr.clone(),
+                    "--n".into(),
+                    s.burst.to_string(),
+                ],
+                &[],
+                addr,
+                Some(ctx.logs.join("burst-server.log")),
+            )
+            .await?;
+            let out = burst::run(
+                &proc,
+                &ctx.cli.python,
+                &ctx.cli.py_burst_script,
+                s.burst,
+                bar,
+            )
+            .await;
+            proc.stop();
+            out
+        }
+        .await;
+        r.burst = Some(fmt_err(res));
+        bar.inc(1);
+    }
+
+    if ctx.wants("presence-clients") {
+        bar.set_message("presence-clients");
+        let res: Res<presence::ClientPresenceResult> = async {
+            let mut proc = ctx.server(&[], &[], "presence-clients").await?;
+            let out = presence::run_clients(&proc, s.presence, bar).await;
+            proc.stop();
+            out
+        }
+        .await;
+        crate::say(
+            bar,
+            format!(
+                "presence (Rust clients): {}",
+                match &res {
+                    Ok(p) => format!(
+                        "{} clients all see the full state in {:.2} s; peak RSS {} MiB",
+                        p.clients,
+                        p.full_state_secs,
+                        p.peak_rss_kb / 1024
+                    ),
+                    Err(e) => format!("failed: {e}"),
+                }
+            ),
+        );
+        r.presence_clients = Some(fmt_err(res));
         bar.inc(1);
     }
 }

@@ -152,3 +152,107 @@ pub async fn run(proc: &Proc, n: usize, bar: &ProgressBar) -> Res<PresenceResult
         diffs_per_sec: (n * n) as f64 / full_secs,
     })
 }
+
+/// Presence through the Rust client: `n` [`supa_realtime::RealtimeClient`]s in this process
+/// (one socket each) join one channel with their own key, listen to presence events and
+/// track; measured: the time until every client's presence state holds all `n`, and this
+/// process's peak RSS (what the client's presence bookkeeping costs: `n` states of `n`
+/// presences, plus whatever its queued `Sync` events hold).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ClientPresenceResult {
+    pub clients: usize,
+    pub full_state_secs: f64,
+    pub peak_rss_kb: u64,
+    pub base_rss_kb: u64,
+}
+
+pub async fn run_clients(proc: &Proc, n: usize, bar: &ProgressBar) -> Res<ClientPresenceResult> {
+    use supa_realtime::{ChannelConfig, ClientOptions, PresenceEvent, RealtimeClient};
+
+    bar.set_message(format!("presence (Rust clients): {n} connecting"));
+    let base_rss_kb = rss_kb(std::process::id());
+    let url = format!("http://{}", proc.addr);
+    let made = bounded((0..n).collect::<Vec<_>>(), 64, |i| {
+        let url = url.clone();
+        async move {
+            // A generous timeout: 1,000 tracks at once keep the server busy for seconds.
+            let options = ClientOptions::default().with_timeout(Duration::from_secs(120));
+            let client = RealtimeClient::connect(&url, ANON_KEY, options).await?;
+            let ch = client
+                .channel(
+                    "presence-clients",
+                    ChannelConfig::default().presence_key(format!("u{i}")),
+                )
+                .await?;
+            let events = ch.presence_events().await?;
+            ch.subscribe().await?;
+            Ok::<_, supa_realtime::Error>((client, ch, events))
+        }
+    })
+    .await;
+    let mut clients = Vec::with_capacity(n);
+    for m in made {
+        clients.push(m?);
+    }
+    let full = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    for (client, ch, mut events) in clients {
+        let full = full.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let PresenceEvent::Sync { state } = ev {
+                    if state.len() >= n {
+                        full.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            // Keep draining (a stream left unread would, by design, slow its socket).
+            while events.recv().await.is_some() {}
+        }));
+        handles.push((client, ch));
+    }
+    bar.set_message(format!("presence (Rust clients): {n} tracking"));
+    let t0 = Instant::now();
+    let tracks = bounded(
+        handles.iter().map(|(_, ch)| ch.clone()).collect(),
+        256,
+        |ch| async move {
+            ch.track(serde_json::json!({"online_at": "2026-01-01T00:00:00Z"}))
+                .await
+        },
+    )
+    .await;
+    for t in tracks {
+        t?;
+    }
+    let deadline = t0 + Duration::from_secs(300);
+    let mut peak = rss_kb(std::process::id());
+    while full.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "presence (Rust clients): {} of {n} saw the full state in 300 s",
+                full.load(Ordering::Relaxed)
+            )
+            .into());
+        }
+        peak = peak.max(rss_kb(std::process::id()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let full_state_secs = t0.elapsed().as_secs_f64();
+    peak = peak.max(rss_kb(std::process::id()));
+    for (client, _) in &handles {
+        client.disconnect().await;
+    }
+    drop(handles);
+    for t in tasks {
+        t.abort();
+    }
+    Ok(ClientPresenceResult {
+        clients: n,
+        full_state_secs,
+        peak_rss_kb: peak,
+        base_rss_kb,
+    })
+}

@@ -240,6 +240,32 @@ fn targets(r: &Results) -> Vec<(String, String, String, String)> {
         )),
         None => {}
     }
+    match &r.burst {
+        Some(Ok(b)) => {
+            if let Some((worst, lost, official)) = crate::burst::best_python(b) {
+                out.push((
+                    format!(
+                        "burst {}: 0 lost, >= 10x the official client's callbacks/s",
+                        b.n
+                    ),
+                    format!(
+                        "lost {lost}; slowest of ours {}/s vs official {}/s",
+                        human(worst),
+                        human(official)
+                    ),
+                    ratio(worst, official),
+                    status(lost == 0 && worst >= 10.0 * official).into(),
+                ));
+            }
+        }
+        Some(Err(e)) => out.push((
+            "burst".into(),
+            e.clone(),
+            "".into(),
+            "**not measured**".into(),
+        )),
+        None => {}
+    }
     match &r.presence {
         Some(Ok(p)) => {
             let base = fan(r, &format!("fanout-1x{f1}-baseline"))
@@ -581,6 +607,42 @@ pub fn write(
             let _ = writeln!(md, "failed: {e}\n");
         }
         None => {}
+    }
+
+    match &r.presence_clients {
+        Some(Ok(p)) => {
+            let _ = writeln!(
+                md,
+                "### Presence through the Rust client\n\n{n} `supa_realtime::RealtimeClient`s in one process (one socket each) join `presence-clients` with their own key, each with a presence event stream drained by its own task, then all `track`. \
+                 *Full state*: until every client's `Sync` state holds all {n}. Peak RSS is the bench process's (it started at {base} MiB).\n\n\
+                 | clients | full state everywhere | peak RSS |\n|---|---|---|\n| {n} | {:.2} s | {} MiB |\n",
+                p.full_state_secs,
+                p.peak_rss_kb / 1024,
+                n = p.clients,
+                base = p.base_rss_kb / 1024,
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(md, "### Presence through the Rust client\n\nfailed: {e}\n");
+        }
+        None => {}
+    }
+
+    // burst
+    if let Some(b) = &r.burst {
+        let _ = writeln!(
+            md,
+            "## 8. Burst: one client, {} broadcasts at once\n",
+            b.as_ref().map_or(0, |b| b.n)
+        );
+        match b {
+            Ok(b) => {
+                let _ = writeln!(md, "{}", crate::burst::section(b));
+            }
+            Err(e) => {
+                let _ = writeln!(md, "failed: {e}\n");
+            }
+        }
     }
 
     if let Ok(profile) = std::fs::read_to_string(charts_dir.join("PROFILE.md")) {

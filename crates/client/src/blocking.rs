@@ -31,13 +31,14 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 
 use crate::broadcast::{BroadcastMessage, BroadcastPayload};
-use crate::channel::{ChannelConfig, ChannelStatus};
+use crate::config::{ChannelConfig, ChannelStatus};
 use crate::connection::ConnectionState;
 use crate::error::{Error, Result};
-use crate::events::{ChannelEvent, ClientEvent, EventStream, SystemMessage};
+use crate::events::{ChannelEvent, ClientEvent, SystemMessage};
 use crate::options::ClientOptions;
 use crate::postgres::{PostgresChange, PostgresChangesFilter};
 use crate::presence::{PresenceEvent, PresenceState};
+use crate::queue::EventStream;
 
 /// A blocking iterator over an [`EventStream`]. Ends when the stream ends.
 #[derive(Debug)]

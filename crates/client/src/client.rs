@@ -3,62 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use crate::channel::{ChannelConfig, ChannelInner, RealtimeChannel};
-use crate::connection::{self, ChannelParts, Command, ConnectionState};
+use crate::channel::RealtimeChannel;
+use crate::config::ChannelConfig;
+use crate::connection::{self, Command, ConnectionState};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
-use crate::events::{self, ClientEvent, EventStream};
+use crate::events::ClientEvent;
 use crate::options::ClientOptions;
+use crate::queue::{self, EventStream, Flow, QueueSpec};
+use crate::shared::Shared;
 
 /// Capacity of the command queue from handles to the connection task.
 const COMMAND_QUEUE: usize = 1024;
-
-pub(crate) struct Shared {
-    pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) options: ClientOptions,
-    pub(crate) endpoint: Endpoint,
-    pub(crate) apikey: String,
-    pub(crate) http: reqwest::Client,
-    pub(crate) tx: mpsc::Sender<Command>,
-    pub(crate) state: watch::Receiver<ConnectionState>,
-    pub(crate) latency: watch::Receiver<Option<Duration>>,
-    pub(crate) token: watch::Receiver<Option<String>>,
-}
-
-impl Shared {
-    /// Send a command that carries a oneshot; return the receiving half.
-    pub(crate) async fn send<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<oneshot::Receiver<T>> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| Error::closed())?;
-        Ok(rx)
-    }
-
-    /// Send a command and wait for its answer.
-    pub(crate) async fn command<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T> {
-        self.send(make).await?.await.map_err(|_| Error::closed())
-    }
-
-    fn channel_from(self: &Arc<Self>, p: ChannelParts) -> RealtimeChannel {
-        RealtimeChannel {
-            inner: Arc::new(ChannelInner {
-                id: p.id,
-                topic: p.topic,
-                config: p.config,
-                shared: self.clone(),
-                status: p.status,
-                presence: p.presence,
-            }),
-        }
-    }
-}
 
 /// A Supabase Realtime client: one WebSocket, any number of channels. A cheap, cloneable
 /// handle; the socket is owned by one background task (see the crate docs).
@@ -107,12 +65,14 @@ impl RealtimeClient {
     ) -> Result<Self> {
         let endpoint = Endpoint::parse(url, key, options.vsn, &options.params)?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let flow = Flow::new();
         let parts = connection::spawn(
             runtime,
             options.clone(),
             endpoint.clone(),
             key.to_owned(),
             rx,
+            flow.clone(),
         );
         let http = reqwest::Client::builder()
             .build()
@@ -128,6 +88,7 @@ impl RealtimeClient {
                 state: parts.state,
                 latency: parts.latency,
                 token: parts.token,
+                flow,
             }),
         })
     }
@@ -196,7 +157,7 @@ impl RealtimeClient {
                 reply,
             })
             .await?;
-        Ok(self.shared.channel_from(parts))
+        Ok(RealtimeChannel::from_parts(&self.shared, parts))
     }
 
     /// Every channel of the client.
@@ -207,7 +168,7 @@ impl RealtimeClient {
             .await?;
         Ok(parts
             .into_iter()
-            .map(|p| self.shared.channel_from(p))
+            .map(|p| RealtimeChannel::from_parts(&self.shared, p))
             .collect())
     }
 
@@ -236,15 +197,27 @@ impl RealtimeClient {
             .map_err(|_| Error::closed())
     }
 
+    /// Events this client dropped because a consumer that opted into a drop policy was too
+    /// slow (0 under the default [`Overflow::Backpressure`](crate::Overflow::Backpressure)).
+    pub fn dropped_events(&self) -> u64 {
+        self.shared.flow.dropped()
+    }
+
     /// Socket events: open, close, errors, reconnect attempts, heartbeat latencies.
     pub async fn events(&self) -> Result<EventStream<ClientEvent, ClientEvent>> {
-        let (sub, rx, dropped) = events::queue(self.shared.options.event_queue_capacity);
+        let o = &self.shared.options;
+        let spec = QueueSpec {
+            capacity: o.event_queue_capacity,
+            max_bytes: o.event_queue_bytes,
+            overflow: o.overflow,
+        };
+        let (sub, rx) = queue::queue(&self.shared.flow, spec);
         self.shared
             .tx
             .send(Command::ClientListen { sub })
             .await
             .map_err(|_| Error::closed())?;
-        Ok(EventStream::new(rx, Some, dropped))
+        Ok(EventStream::new(rx, Some))
     }
 
     async fn on_event<T: Send + 'static>(

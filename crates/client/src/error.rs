@@ -30,6 +30,9 @@ pub enum ErrorKind {
     InvalidInput,
     /// The REST broadcast endpoint answered with an error status.
     Http,
+    /// Events were dropped for a consumer that opted into a drop policy
+    /// ([`Overflow`](crate::Overflow)) and fell behind.
+    Overflow,
 }
 
 /// A failure, with its [`kind`](Error::kind) and a message that includes the server's reason
@@ -63,6 +66,16 @@ impl Error {
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
         self
+    }
+
+    /// `count` events dropped for slow consumers (`total` so far on the channel).
+    pub(crate) fn overflow(count: u64, total: u64) -> Self {
+        Error::new(
+            ErrorKind::Overflow,
+            format!(
+                "{count} event(s) dropped because a consumer was too slow ({total} on this channel so far; the channel's overflow policy drops)"
+            ),
+        )
     }
 
     /// The kind of failure.

@@ -66,8 +66,10 @@
 //!   [`OfflinePolicy`] and sent in order once joined, or fail at once with
 //!   [`ErrorKind::NotConnected`]. On a channel that was never subscribed,
 //!   [`RealtimeChannel::send_broadcast`] uses the REST endpoint.
-//! * **Events**: every stream and callback has its own bounded queue; the socket never waits
-//!   for a consumer (policy in [`events`]).
+//! * **Events**: every stream and callback has its own bounded queue. Nothing is lost: a
+//!   consumer that falls behind slows the reading of the socket, so TCP pushes back on the
+//!   server; memory stays bounded. Dropping is an explicit [`Overflow`] option whose every drop
+//!   is counted and reported ([`queue`]).
 //! * **Errors** are [`Error`]s with a [`kind`](Error::kind) and the server's reason.
 //!
 //! A [`blocking`] facade runs the same client on its own runtime thread.
@@ -79,6 +81,7 @@ pub mod blocking;
 mod broadcast;
 mod channel;
 mod client;
+mod config;
 pub mod connection;
 mod endpoint;
 mod error;
@@ -86,22 +89,27 @@ pub mod events;
 mod options;
 mod postgres;
 mod presence;
+pub mod queue;
 mod rest;
+mod shared;
+mod weight;
 
 pub use auth::{jwt_exp, TokenFuture, TokenProvider};
 pub use broadcast::{BroadcastMessage, BroadcastPayload};
-pub use channel::{ChannelConfig, ChannelStatus, RealtimeChannel, RejoinPolicy};
+pub use channel::RealtimeChannel;
 pub use client::RealtimeClient;
+pub use config::{ChannelConfig, ChannelStatus, RejoinPolicy};
 pub use connection::{CloseReason, ConnectionState};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind, Result};
-pub use events::{ChannelEvent, ClientEvent, EventStream, SystemMessage};
+pub use events::{ChannelEvent, ClientEvent, SystemMessage};
 pub use options::{ClientOptions, OfflinePolicy, Vsn};
 pub use postgres::{
     convert_cell, convert_change_data, match_bindings, PostgresChange, PostgresChangesFilter,
     PostgresEvent,
 };
 pub use presence::{Presence, PresenceEvent, PresenceState};
+pub use queue::{EventStream, Overflow};
 
 /// The protocol crate this client is built on.
 pub use supa_realtime_protocol as protocol;

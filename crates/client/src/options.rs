@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::auth::TokenProvider;
+use crate::queue::Overflow;
 
 /// The serializer version the socket asks for with `vsn` (PROTOCOL.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,11 +108,22 @@ pub struct ClientOptions {
     pub rejoin_on_server_close: bool,
     /// Pushes while a channel is not joined. Default: buffer 100 per channel for 30 s.
     pub offline_policy: OfflinePolicy,
-    /// Capacity of each event stream / callback queue. When a consumer falls this far behind,
-    /// newer events for it are dropped and counted (see
-    /// [`EventStream::dropped`](crate::EventStream::dropped)); the socket never waits.
-    /// Default 1024.
+    /// What a stream or callback that falls behind does: slow the reading of the socket
+    /// (the default, [`Overflow::Backpressure`]: nothing is lost) or drop events, counted and
+    /// reported. A channel can set its own ([`ChannelConfig::overflow`](crate::ChannelConfig::overflow)).
+    /// See [`queue`](crate::queue).
+    pub overflow: Overflow,
+    /// Most events queued for one stream / callback. Default 1024.
     pub event_queue_capacity: usize,
+    /// Most payload bytes queued for one stream / callback (one event always fits).
+    /// Default 16 MiB.
+    pub event_queue_bytes: usize,
+    /// Events that may wait on the connection task for full consumer queues before it stops
+    /// reading the socket. While it still reads, replies, heartbeats and channel control
+    /// messages are handled at once, ahead of the backlog. Default 4096.
+    pub backlog_events: usize,
+    /// Bytes that may wait likewise. Default 16 MiB.
+    pub backlog_bytes: usize,
     /// Extra query parameters of the WebSocket URL (`apikey` and `vsn` are always set).
     pub params: Vec<(String, String)>,
     /// The user's access token sent in joins (defaults to the API key).
@@ -140,7 +152,11 @@ impl Default for ClientOptions {
             ],
             rejoin_on_server_close: true,
             offline_policy: OfflinePolicy::default(),
+            overflow: Overflow::Backpressure,
             event_queue_capacity: 1024,
+            event_queue_bytes: 16 << 20,
+            backlog_events: 4096,
+            backlog_bytes: 16 << 20,
             params: Vec::new(),
             access_token: None,
             token_provider: None,
@@ -162,7 +178,11 @@ impl fmt::Debug for ClientOptions {
             .field("rejoin_backoff", &self.rejoin_backoff)
             .field("rejoin_on_server_close", &self.rejoin_on_server_close)
             .field("offline_policy", &self.offline_policy)
+            .field("overflow", &self.overflow)
             .field("event_queue_capacity", &self.event_queue_capacity)
+            .field("event_queue_bytes", &self.event_queue_bytes)
+            .field("backlog_events", &self.backlog_events)
+            .field("backlog_bytes", &self.backlog_bytes)
             .field("params", &self.params)
             .field("access_token", &self.access_token.as_ref().map(|_| "<set>"))
             .field(
@@ -223,6 +243,22 @@ impl ClientOptions {
     /// Set [`event_queue_capacity`](Self::event_queue_capacity).
     pub fn with_event_queue_capacity(mut self, n: usize) -> Self {
         self.event_queue_capacity = n.max(1);
+        self
+    }
+    /// Set [`overflow`](Self::overflow).
+    pub fn with_overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+    /// Set [`event_queue_bytes`](Self::event_queue_bytes).
+    pub fn with_event_queue_bytes(mut self, n: usize) -> Self {
+        self.event_queue_bytes = n.max(1);
+        self
+    }
+    /// Set [`backlog_events`](Self::backlog_events) and [`backlog_bytes`](Self::backlog_bytes).
+    pub fn with_backlog(mut self, events: usize, bytes: usize) -> Self {
+        self.backlog_events = events.max(1);
+        self.backlog_bytes = bytes.max(1);
         self
     }
     /// Set [`access_token`](Self::access_token).

@@ -1,8 +1,8 @@
 //! Broadcast through the REST endpoint (PROTOCOL.md §7.4), for channels that are not joined.
 
 use crate::broadcast::BroadcastPayload;
-use crate::client::Shared;
 use crate::error::{Error, ErrorKind, Result};
+use crate::shared::Shared;
 
 /// `POST <rest>/broadcast/<sub-topic>/events/<event>[?private=true]`, answered 202.
 pub(crate) async fn send(

@@ -13,8 +13,9 @@ use supa_realtime::{
 
 use crate::client::awaitable;
 use crate::convert::{from_py, payload_from_py, presences_to_py};
-use crate::dispatch::{Dispatcher, Event, Handler, Handlers, PresenceKind, Shape};
+use crate::dispatch::{Dispatcher, Handlers};
 use crate::errors::to_pyerr;
+use crate::handlers::{Event, Handler, PresenceKind, Shape};
 use crate::runtime::wait;
 
 /// The forwarders of one channel, created on first registration of their kind.
@@ -24,6 +25,8 @@ struct Listeners {
     presence: Option<Handlers>,
     system: Option<Handlers>,
     status: Option<Handlers>,
+    /// Drop reports for `on_error`.
+    drops: Option<Handlers>,
 }
 
 /// The native channel. Use `supa_realtime.SyncRealtimeChannel` /
@@ -406,6 +409,25 @@ impl NativeChannel {
                 )))
             }
         };
+        if matches!(shape, Shape::ChannelError) {
+            // Reports of dropped events reach `on_error` too (from the channel's error
+            // stream, which also carries the error statuses: those come from the status
+            // forwarder, whose order with the other status callbacks matters).
+            self.add(
+                py,
+                Handler {
+                    callback: callback.clone_ref(py),
+                    shape: shape.clone(),
+                },
+                |l| &mut l.drops,
+                |py, me, hs| {
+                    let ch = me.inner.clone();
+                    let stream = wait(py, async move { ch.errors().await })?.map_err(to_pyerr)?;
+                    me.dispatcher.forward(stream, hs, Event::Error);
+                    Ok(())
+                },
+            )?;
+        }
         self.add(
             py,
             Handler { callback, shape },
@@ -418,6 +440,12 @@ impl NativeChannel {
                 Ok(())
             },
         )
+    }
+
+    /// Events of this channel dropped for callbacks that fell behind (drop policies only).
+    #[getter]
+    fn dropped_events(&self) -> u64 {
+        self.inner.dropped_events()
     }
 
     fn __repr__(&self) -> String {

@@ -12,8 +12,9 @@ use pyo3::types::PyDict;
 use supa_realtime::{ConnectionState, Error, RealtimeClient};
 
 use crate::channel::NativeChannel;
-use crate::dispatch::{set_open, Dispatcher, Handler, Mode, Shape, SharedClientHandlers};
+use crate::dispatch::{set_open, Dispatcher, Mode, SharedClientHandlers};
 use crate::errors::to_pyerr;
+use crate::handlers::{Handler, Shape};
 use crate::options::{channel_config, client_options};
 use crate::runtime::{runtime, wait};
 
@@ -80,6 +81,7 @@ impl NativeClient {
         is_async: bool,
     ) -> PyResult<Self> {
         let opts = client_options(options.as_ref())?;
+        crate::logging::refresh_level(py);
         let _guard = runtime().enter();
         let inner = RealtimeClient::new(url, key, opts).map_err(to_pyerr)?;
         // Listen to socket events from the start, so `on_open` knows whether it is open.
@@ -233,6 +235,12 @@ impl NativeClient {
             ConnectionState::Reconnecting { .. } => "reconnecting",
             ConnectionState::Closed { .. } => "closed",
         }
+    }
+
+    /// Events this client dropped for callbacks that fell behind (drop policies only).
+    #[getter]
+    fn dropped_events(&self) -> u64 {
+        self.inner.dropped_events()
     }
 
     #[getter]

@@ -17,6 +17,7 @@ pub(crate) fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::BufferFull => "BufferFullError",
         ErrorKind::InvalidInput => "InvalidInputError",
         ErrorKind::Http => "RealtimeHTTPError",
+        ErrorKind::Overflow => "EventsDroppedError",
         _ => "ProtocolError",
     }
 }
@@ -32,6 +33,7 @@ pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::BufferFull => "buffer_full",
         ErrorKind::InvalidInput => "invalid_input",
         ErrorKind::Http => "http",
+        ErrorKind::Overflow => "overflow",
         _ => "protocol",
     }
 }
@@ -44,8 +46,14 @@ pub(crate) fn new_exception<'py>(
     reason: Option<&str>,
     kind: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let module = py.import("supa_realtime._exceptions")?;
-    module.getattr(class)?.call1((message, reason, kind))
+    let module = crate::classes::exceptions(py)?;
+    match module.getattr(class) {
+        Ok(cls) => cls.call1((message, reason, kind)),
+        // A class the Python package does not define (yet): its base error.
+        Err(_) => module
+            .getattr("RealtimeError")?
+            .call1((message, reason, kind)),
+    }
 }
 
 /// The exception instance for `e` (used for callbacks, which receive errors as values).

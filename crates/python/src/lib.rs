@@ -13,16 +13,22 @@
 //!   future.
 //! * **Callbacks**: see [`dispatch`]: JSON is parsed in Rust; events reach Python in
 //!   batches, one GIL acquisition (sync) or one `call_soon_threadsafe` (async) per batch.
+//! * **Logs**: `tracing` events of the Rust side reach Python's `logging` (logger
+//!   `supa_realtime` and its children), see [`logging`].
 //! * **Errors**: [`errors`] maps the client's `ErrorKind` to exception classes
 //!   (`AuthorizationError`, `NotConnectedError`, ...) that carry the server's reason.
 
 use pyo3::prelude::*;
 
+mod args;
 mod channel;
+mod classes;
 mod client;
 mod convert;
 mod dispatch;
 mod errors;
+mod handlers;
+mod logging;
 mod options;
 mod runtime;
 mod server;
@@ -30,6 +36,7 @@ mod server;
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::init(m.py())?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<channel::NativeChannel>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

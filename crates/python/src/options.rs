@@ -7,7 +7,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use supa_realtime::{ChannelConfig, ClientOptions, OfflinePolicy, Vsn};
+use supa_realtime::{ChannelConfig, ClientOptions, OfflinePolicy, Overflow, Vsn};
 
 fn get<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
     Ok(d.get_item(key)?.filter(|v| !v.is_none()))
@@ -33,12 +33,26 @@ fn secs(v: &Bound<'_, PyAny>, key: &str) -> PyResult<Duration> {
     Ok(Duration::from_secs_f64(f))
 }
 
+/// `"backpressure"`, `"drop_newest"` or `"drop_oldest"`.
+fn overflow(v: &Bound<'_, PyAny>) -> PyResult<Overflow> {
+    let s: String = v
+        .extract()
+        .map_err(|_| PyValueError::new_err("overflow must be a string"))?;
+    Overflow::parse(&s).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown overflow {s:?}: use \"backpressure\" (the default: a slow callback slows the socket, nothing is lost), \"drop_newest\" or \"drop_oldest\""
+        ))
+    })
+}
+
 /// Client options from a normalised dict:
 /// `auto_reconnect` (bool), `hb_interval` (ms), `heartbeat_timeout` (ms), `timeout` (ms),
 /// `max_retries` (int or None = forever), `initial_backoff` (s), `max_backoff` (s),
 /// `rejoin_backoff` (list of s), `vsn` ("1.0.0"/"2.0.0"), `params` (dict),
 /// `access_token` (str), `event_queue_capacity` (int), `offline_buffer` (int; 0 = fail
-/// sends at once while a channel is not joined), `offline_timeout` (s).
+/// sends at once while a channel is not joined), `offline_timeout` (s), `overflow`
+/// (`backpressure` | `drop_newest` | `drop_oldest`), `event_queue_bytes`, `backlog_events`,
+/// `backlog_bytes` (ints).
 pub(crate) fn client_options(d: Option<&Bound<'_, PyDict>>) -> PyResult<ClientOptions> {
     let mut o = ClientOptions::default();
     let Some(d) = d else { return Ok(o) };
@@ -107,6 +121,18 @@ pub(crate) fn client_options(d: Option<&Bound<'_, PyDict>>) -> PyResult<ClientOp
     if let Some(v) = get(d, "event_queue_capacity")? {
         o.event_queue_capacity = v.extract::<usize>()?.max(1);
     }
+    if let Some(v) = get(d, "overflow")? {
+        o.overflow = overflow(&v)?;
+    }
+    if let Some(v) = get(d, "event_queue_bytes")? {
+        o.event_queue_bytes = v.extract::<usize>()?.max(1);
+    }
+    if let Some(v) = get(d, "backlog_events")? {
+        o.backlog_events = v.extract::<usize>()?.max(1);
+    }
+    if let Some(v) = get(d, "backlog_bytes")? {
+        o.backlog_bytes = v.extract::<usize>()?.max(1);
+    }
     if let Some(v) = get(d, "offline_buffer")? {
         let capacity: usize = v.extract()?;
         let timeout = match get(d, "offline_timeout")? {
@@ -127,7 +153,7 @@ pub(crate) fn client_options(d: Option<&Bound<'_, PyDict>>) -> PyResult<ClientOp
 /// options `auto_reconnect` (bool: rejoin after failures), `max_retries` (int or None =
 /// forever: failures in a row before the channel gives up), `initial_backoff` (s: first
 /// rejoin delay, doubling) and `hb_interval` (ms: the socket beats at the smallest
-/// `hb_interval` of the client and its channels).
+/// `hb_interval` of the client and its channels) and `overflow` (as the client's).
 pub(crate) fn channel_config(d: Option<&Bound<'_, PyDict>>) -> PyResult<ChannelConfig> {
     let mut c = ChannelConfig::default();
     let Some(d) = d else { return Ok(c) };
@@ -178,6 +204,9 @@ pub(crate) fn channel_config(d: Option<&Bound<'_, PyDict>>) -> PyResult<ChannelC
     }
     if let Some(v) = get(d, "hb_interval")? {
         c.hb_interval = Some(ms(&v, "hb_interval")?.max(Duration::from_millis(10)));
+    }
+    if let Some(v) = get(d, "overflow")? {
+        c.overflow = Some(overflow(&v)?);
     }
     Ok(c)
 }

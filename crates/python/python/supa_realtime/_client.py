@@ -20,7 +20,7 @@ SubscribeCallback = Callable[[RealtimeSubscribeStates, Optional[Exception]], Any
 DEFAULT_TIMEOUT_MS = 10_000
 
 _CHANNEL_CONFIG_KEYS = ("broadcast", "presence", "private")
-_CHANNEL_OPTION_KEYS = ("auto_reconnect", "hb_interval", "max_retries", "initial_backoff")
+_CHANNEL_OPTION_KEYS = ("auto_reconnect", "hb_interval", "max_retries", "initial_backoff", "overflow")
 
 _live_clients: "weakref.WeakSet[_ClientBase]" = weakref.WeakSet()
 
@@ -68,6 +68,8 @@ def _normalize_channel_params(params: Optional[Mapping[str, Any]]) -> Tuple[Dict
             raise TypeError(f"{k} must be a non-negative int")
         if k == "initial_backoff" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
             raise TypeError("initial_backoff must be a non-negative number of seconds")
+        if k == "overflow" and v not in ("backpressure", "drop_newest", "drop_oldest"):
+            raise ValueError('overflow must be "backpressure", "drop_newest" or "drop_oldest"')
     return config, options
 
 

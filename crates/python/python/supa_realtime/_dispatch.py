@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from typing import Any, Callable, List, Set, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 logger = logging.getLogger("supa_realtime")
 
@@ -53,14 +53,29 @@ def _done(cb: Callable[..., Any]) -> Callable[["asyncio.Future[Any]"], None]:
     return done
 
 
-def run_batch_async(batch: Batch) -> None:
-    """Run callbacks on the running loop; awaitables become tasks."""
-    for cb, args in batch:
-        try:
-            r = cb(*args)
-            if inspect.isawaitable(r):
-                fut = asyncio.ensure_future(r)
-                _tasks.add(fut)
-                fut.add_done_callback(_done(cb))
-        except Exception as e:  # noqa: BLE001
-            _log(cb, e)
+def run_batch_async(batch: Batch, done: Optional[Callable[[], Any]] = None) -> None:
+    """Run callbacks on the running loop; awaitables become tasks. ``done()`` is called once
+    every callback of the batch has run and every task it started has finished: the native
+    dispatcher schedules a bounded number of batches ahead, so a loop that falls behind
+    slows the socket instead of queueing without end."""
+    pending = [1]
+
+    def finished(_: Any = None) -> None:
+        pending[0] -= 1
+        if pending[0] == 0 and done is not None:
+            done()
+
+    try:
+        for cb, args in batch:
+            try:
+                r = cb(*args)
+                if inspect.isawaitable(r):
+                    fut = asyncio.ensure_future(r)
+                    _tasks.add(fut)
+                    fut.add_done_callback(_done(cb))
+                    pending[0] += 1
+                    fut.add_done_callback(finished)
+            except Exception as e:  # noqa: BLE001
+                _log(cb, e)
+    finally:
+        finished()

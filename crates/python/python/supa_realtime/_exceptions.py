@@ -84,6 +84,13 @@ def _status_of(message: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+class EventsDroppedError(RealtimeError):
+    """Events were dropped because a callback fell behind on a client or channel that opted
+    into dropping (``overflow="drop_newest"`` or ``"drop_oldest"``); the message says how
+    many. Passed to the channel's ``on_error`` callbacks, never raised. The default
+    (``overflow="backpressure"``) drops nothing."""
+
+
 class ProtocolError(RealtimeError):
     """The server sent something the client could not understand, or the transport failed."""
 
@@ -98,4 +105,5 @@ __all__ = [
     "InvalidInputError",
     "RealtimeHTTPError",
     "ProtocolError",
+    "EventsDroppedError",
 ]
