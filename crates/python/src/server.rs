@@ -88,6 +88,9 @@ fn token(role: String, sub: Option<String>, expires_in: i64, secret: &str) -> St
 /// exit status. Usage errors, `--help` and `--version` print as the binary's do.
 #[pyfunction]
 pub(crate) fn server_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
+    // The caller may have configured `logging` after the module was imported: read the level
+    // now, so the first lines (the listen address) are not filtered by the import-time level.
+    crate::logging::refresh_level(py);
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => {
