@@ -105,6 +105,21 @@ pub struct Config {
     #[arg(long, env = "CONNECT_ERROR_BACKOFF_MS", default_value_t = 2_000)]
     pub connect_error_backoff_ms: u64,
 
+    /// Only private channels may be joined (upstream's tenant setting `private_only`); a
+    /// public join is refused with `PrivateOnly: This project only allows private channels`.
+    #[arg(long, env = "PRIVATE_ONLY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub private_only: bool,
+
+    /// How long a channel joined with `broadcast.replication_ready` waits for the database
+    /// broadcast stream before it is shut down, as upstream's one minute.
+    #[arg(long, env = "REPLICATION_READY_TIMEOUT_MS", default_value_t = 60_000)]
+    pub replication_ready_timeout_ms: u64,
+
+    /// A connection must finish its HTTP request headers (the WebSocket handshake included)
+    /// within this long, or it is closed: half-open sockets cost nothing for long.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
     /// A socket that sends nothing for this long is closed.
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,

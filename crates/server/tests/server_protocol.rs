@@ -842,3 +842,51 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_flowing() {
     // The server is fine: the sender's socket still answers.
     sender.heartbeat("77").await;
 }
+
+#[tokio::test]
+async fn private_only_refuses_public_joins_with_upstreams_reason() {
+    let mut cfg = config();
+    cfg.private_only = true;
+    let srv = server(cfg).await;
+    let mut c = connect(&srv, Serializer::V1).await;
+    for payload in [json!({"config": {}}), json!({})] {
+        let r = c.join("realtime:open", "1", payload).await;
+        assert_eq!(r.payload["status"], "error");
+        assert_eq!(
+            r.payload["response"]["reason"],
+            "PrivateOnly: This project only allows private channels"
+        );
+    }
+    let r = c
+        .join(
+            "realtime:closed",
+            "2",
+            json!({"config": {"private": true}, "access_token": token("service_role", 60)}),
+        )
+        .await;
+    assert_eq!(r.payload["status"], "ok", "{r:?}");
+}
+
+#[tokio::test]
+async fn replication_ready_without_a_database_shuts_the_channel_down() {
+    let srv = server(config()).await;
+    let mut c = connect(&srv, Serializer::V2).await;
+    c.join_ok(
+        "realtime:ready",
+        "1",
+        json!({"broadcast": {"replication_ready": true}}),
+    )
+    .await;
+    let m = c.recv_event("system").await;
+    assert_eq!(
+        m.payload,
+        json!({"extension": "system", "status": "error", "message": "Replication connection was not established in time", "channel": "ready"})
+    );
+    assert_eq!(
+        c.recv_event("phx_close").await.join_ref.as_deref(),
+        Some("1")
+    );
+    // Without the flag nothing is said.
+    c.join_ok("realtime:quiet", "2", json!({})).await;
+    c.assert_silent(700).await;
+}

@@ -28,6 +28,9 @@ pub(crate) fn unauthorized_read(name: &str) -> String {
     format!("Unauthorized: You do not have permissions to read from this Channel topic: {name}")
 }
 
+/// The refusal of a public join when the server allows only private channels.
+pub(crate) const PRIVATE_ONLY: &str = "PrivateOnly: This project only allows private channels";
+
 enum Refusal {
     /// Reply with this reason after the error backoff.
     Reply(String),
@@ -70,6 +73,9 @@ impl Connection {
         }
         let legacy = payload.config.is_none();
         let config = payload.config.unwrap_or_default();
+        if state.config.private_only && !config.private {
+            return Err(Refusal::Reply(PRIVATE_ONLY.into()));
+        }
 
         if self.channels.is_empty()
             && state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users
@@ -219,6 +225,16 @@ impl Connection {
             },
         );
         self.arm_token_check(&m.topic);
+        if let Some(channel) = self.channels.get(&m.topic) {
+            if channel.config.replication_ready {
+                super::readiness::watch(
+                    state.database.clone(),
+                    sub,
+                    Duration::from_millis(state.config.replication_ready_timeout_ms),
+                    self.control.clone(),
+                );
+            }
+        }
         tracing::debug!(conn = self.id, topic = %m.topic, sub, "joined");
         Ok(())
     }

@@ -9,6 +9,7 @@ mod channel;
 mod join;
 mod outbox;
 mod push;
+mod readiness;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -41,6 +42,8 @@ pub(crate) enum Control {
     CloseChannel { sub: SubId, message: String },
     /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
     TokenCheck { sub: SubId, generation: u64 },
+    /// The database broadcast stream is up: tell channel `sub` (`broadcast.replication_ready`).
+    ReplicationReady { sub: SubId },
 }
 
 /// How the socket authenticated.
@@ -215,6 +218,7 @@ impl Connection {
                 }
             }
             Control::TokenCheck { sub, generation } => self.token_check(sub, generation),
+            Control::ReplicationReady { sub } => self.replication_ready(sub),
         }
     }
 
