@@ -114,6 +114,11 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
                     }
                 }
                 Some(Err(e)) => {
+                    if is_invalid_utf8(&e) {
+                        tracing::info!(conn = id, "text frame is not UTF-8: closing with 1007");
+                        conn.outbox.close(close_code::INVALID_PAYLOAD, "invalid UTF-8");
+                        break "invalid UTF-8";
+                    }
                     tracing::info!(conn = id, error = %e, "socket read failed");
                     break "read error";
                 }
@@ -132,6 +137,14 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
         abort.abort();
     }
     state.connections.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Whether a read failed because a text frame (or close reason) was not UTF-8.
+fn is_invalid_utf8(e: &axum::Error) -> bool {
+    matches!(
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Utf8(_))
+    )
 }
 
 impl Connection {

@@ -36,6 +36,8 @@ pub(crate) mod close_code {
     pub(crate) const SERVICE_RESTART: u16 = 1012;
     /// The client did not keep up with its messages.
     pub(crate) const POLICY_VIOLATION: u16 = 1008;
+    /// A text frame was not UTF-8 (RFC 6455 §8.1).
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
 }
 
 /// The sending side of a socket's queue.
