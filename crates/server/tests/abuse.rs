@@ -70,3 +70,54 @@ async fn half_open_handshakes_are_closed_after_the_timeout() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     c.heartbeat("1").await;
 }
+
+/// A client that pipelines requests without reading the replies is pushed back (the server
+/// stops reading its socket while the replies have no room), not closed as a slow consumer:
+/// every reply arrives, in order, once it reads again.
+#[tokio::test]
+async fn pipelined_requests_are_backpressure_not_a_slow_consumer() {
+    use futures_util::StreamExt;
+    let mut cfg = config();
+    cfg.outbox_capacity = 16;
+    let srv = server(cfg).await;
+    // A small receive buffer, so the replies back up into the server quickly.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(srv.local_addr()).await.unwrap();
+    let url = format!(
+        "ws://{}/realtime/v1/websocket?apikey={ANON}&vsn=1.0.0",
+        srv.local_addr()
+    );
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    const N: usize = 20_000;
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let frame =
+                format!(r#"{{"topic":"phoenix","event":"heartbeat","payload":{{}},"ref":"{i}"}}"#);
+            sink.feed(WsMessage::Text(frame.into())).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        sink
+    });
+    // Not reading for a while: the server must wait, not give up on us.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut next = 0usize;
+    while next < N {
+        let m = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("replies stopped")
+            .expect("socket ended")
+            .expect("socket error");
+        match m {
+            WsMessage::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["ref"], next.to_string(), "replies in order");
+                next += 1;
+            }
+            WsMessage::Close(f) => panic!("closed after {next} replies: {f:?}"),
+            _ => {}
+        }
+    }
+    let _sink = writer.await.unwrap();
+}

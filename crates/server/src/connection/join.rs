@@ -180,13 +180,13 @@ impl Connection {
         let presence_enabled = config.presence_enabled && access.presence;
         let topic = state.registry.with_topic(&key, |topic| {
             topic.add(sub, subscriber, |presence| {
-                outbox.send(to_ws(serializer.encode_server_message(&reply)));
+                outbox.reply(to_ws(serializer.encode_server_message(&reply)));
                 for frame in replay_frames {
-                    outbox.send(frame);
+                    outbox.reply(frame);
                 }
                 if presence_enabled {
                     state.presence_events.add(1);
-                    outbox.send(to_ws(serializer.encode_server_message(
+                    outbox.reply(to_ws(serializer.encode_server_message(
                         &Message::channel_push(
                             join_ref.clone(),
                             m.topic.clone(),
@@ -268,7 +268,7 @@ impl Connection {
         let delay = self.state.config.channel_error_backoff();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            outbox.send(frame);
+            outbox.reply(frame);
             if close {
                 outbox.close(close_code::GOING_AWAY, "too many joins per second");
             }

@@ -3,7 +3,9 @@
 //! The read loop is the only owner of the connection's channel map, so channel state needs no
 //! lock. Other tasks reach it through [`Control`] messages (a fan-out that must close a
 //! channel, a token expiry timer). Everything the loop does per frame is synchronous: replies
-//! and pushes go into the bounded [`Outbox`]; nothing awaits another socket.
+//! and pushes go into the bounded [`Outbox`]; nothing awaits another socket. The loop reads
+//! the next frame only while its replies have room, so a client that pipelines requests is
+//! pushed back by TCP instead of being closed as a slow consumer.
 
 mod channel;
 mod join;
@@ -106,7 +108,12 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
                 conn.outbox.close(1000, "idle timeout");
                 break "idle timeout";
             }
-            frame = stream.next() => match frame {
+            // The socket's replies have no room: stop reading it until the writer gets on
+            // (TCP then pushes back on the client). Writing progress shows the peer is alive.
+            _ = conn.outbox.reply_room(), if !conn.outbox.has_reply_room() => {
+                deadline.as_mut().reset(Instant::now() + idle);
+            }
+            frame = stream.next(), if conn.outbox.has_reply_room() => match frame {
                 Some(Ok(frame)) => {
                     deadline.as_mut().reset(Instant::now() + idle);
                     if !conn.on_frame(frame).await {
@@ -242,10 +249,11 @@ impl Connection {
             .map(|(t, _)| t.clone())
     }
 
-    /// Queue a message for this socket.
+    /// Queue a message for this socket: the read loop's own output (replies, and system
+    /// messages it decides on), which is backpressure, never a slow consumer.
     fn push(&self, m: &Message) {
         self.outbox
-            .send(to_ws(self.serializer.encode_server_message(m)));
+            .reply(to_ws(self.serializer.encode_server_message(m)));
     }
 
     fn reply(&self, to: &Message, status: Status, response: Value) {

@@ -1,17 +1,24 @@
 //! The one writer task of a socket, and the bounded queue everyone else writes into.
 //!
-//! Fan-out never waits on a socket: it `try_send`s into the queue. A full queue means the
-//! client is not reading fast enough, and the [`SlowConsumerPolicy`] decides: close the
-//! socket with a logged reason (default; the client reconnects and rejoins, so nothing is lost
-//! silently), or drop that one message and log it.
+//! One queue keeps every frame of a socket in order, but two kinds of frames are counted apart:
+//!
+//! * **Deliveries** (fan-out of what others sent: broadcasts, presence diffs, changes) never
+//!   wait on a socket. More than `capacity` of them queued means the client is not taking what
+//!   it is sent, and the [`SlowConsumerPolicy`] decides: close the socket with a logged reason
+//!   (default; the client reconnects and rejoins, so nothing is lost silently), or drop that
+//!   one message and log it.
+//! * **Replies** to the socket's own requests (heartbeats, joins, acks) are backpressure: the
+//!   read loop stops reading the socket while `capacity` of them are queued
+//!   ([`Outbox::reply_room`]), so a client that pipelines requests is slowed down by TCP and
+//!   never judged by the slow-consumer policy for what it asked for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
@@ -19,8 +26,9 @@ use crate::config::SlowConsumerPolicy;
 /// A frame for the writer.
 #[derive(Debug)]
 pub(crate) enum OutFrame {
-    /// A data frame, already encoded (cheap to clone: it shares its bytes).
-    Data(WsMessage),
+    /// A data frame, already encoded (cheap to clone: it shares its bytes); `reply` when it
+    /// answers the socket's own request.
+    Data { frame: WsMessage, reply: bool },
     /// Send a close frame with this code and reason, then stop.
     Close(u16, &'static str),
 }
@@ -43,49 +51,99 @@ pub(crate) mod close_code {
 /// The sending side of a socket's queue.
 #[derive(Clone, Debug)]
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<OutFrame>,
+    tx: mpsc::UnboundedSender<OutFrame>,
+    counts: Arc<Counts>,
+    capacity: usize,
     closer: CancellationToken,
     policy: SlowConsumerPolicy,
     conn_id: u64,
-    dropped: Arc<AtomicU64>,
+}
+
+/// Frames queued and not yet written, by kind; the writer decrements after each flush.
+#[derive(Debug, Default)]
+struct Counts {
+    deliveries: AtomicUsize,
+    replies: AtomicUsize,
+    /// Signalled when replies were written (room for the read loop to go on).
+    written: Notify,
+    dropped: AtomicU64,
 }
 
 impl Outbox {
-    /// Queue a frame without waiting. `false` if it was not queued.
+    /// Queue a delivery without waiting. `false` if it was not queued: the socket is closing,
+    /// or it is not taking its deliveries (then the slow-consumer policy applies).
     pub(crate) fn send(&self, frame: WsMessage) -> bool {
-        match self.tx.try_send(OutFrame::Data(frame)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                match self.policy {
-                    SlowConsumerPolicy::Disconnect => {
-                        if !self.closer.is_cancelled() {
-                            tracing::warn!(
-                                conn = self.conn_id,
-                                "slow consumer: outgoing queue full, closing the socket"
-                            );
-                            self.closer.cancel();
-                        }
-                    }
-                    SlowConsumerPolicy::Drop => {
-                        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n.is_power_of_two() {
-                            tracing::warn!(
-                                conn = self.conn_id,
-                                dropped = n,
-                                "slow consumer: outgoing queue full, dropping messages"
-                            );
-                        }
-                    }
+        if self.counts.deliveries.load(Ordering::Acquire) >= self.capacity {
+            self.slow_consumer();
+            return false;
+        }
+        self.counts.deliveries.fetch_add(1, Ordering::AcqRel);
+        if self
+            .tx
+            .send(OutFrame::Data {
+                frame,
+                reply: false,
+            })
+            .is_err()
+        {
+            self.counts.deliveries.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queue a reply to the socket's own request. Never refused for want of room: the read
+    /// loop waits for [`Outbox::reply_room`] before reading the next request.
+    pub(crate) fn reply(&self, frame: WsMessage) {
+        self.counts.replies.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(OutFrame::Data { frame, reply: true }).is_err() {
+            self.counts.replies.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether replies have room, i.e. the next request may be read.
+    pub(crate) fn has_reply_room(&self) -> bool {
+        self.counts.replies.load(Ordering::Acquire) < self.capacity
+    }
+
+    /// Wait until replies have room.
+    pub(crate) async fn reply_room(&self) {
+        loop {
+            let written = self.counts.written.notified();
+            if self.has_reply_room() {
+                return;
+            }
+            written.await;
+        }
+    }
+
+    fn slow_consumer(&self) {
+        match self.policy {
+            SlowConsumerPolicy::Disconnect => {
+                if !self.closer.is_cancelled() {
+                    tracing::warn!(
+                        conn = self.conn_id,
+                        "slow consumer: outgoing queue full, closing the socket"
+                    );
+                    self.closer.cancel();
                 }
-                false
+            }
+            SlowConsumerPolicy::Drop => {
+                let n = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        conn = self.conn_id,
+                        dropped = n,
+                        "slow consumer: outgoing queue full, dropping messages"
+                    );
+                }
             }
         }
     }
 
     /// Ask the writer to close the socket with `code` after what is queued.
     pub(crate) fn close(&self, code: u16, reason: &'static str) {
-        if self.tx.try_send(OutFrame::Close(code, reason)).is_err() {
+        if self.tx.send(OutFrame::Close(code, reason)).is_err() {
             self.closer.cancel();
         }
     }
@@ -100,21 +158,26 @@ pub(crate) fn spawn_writer(
     closer: CancellationToken,
     shutdown: CancellationToken,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    // Unbounded as a channel, bounded by the counts: at most `capacity` deliveries, and
+    // replies beyond `capacity` only from the one request being handled.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let counts = Arc::new(Counts::default());
     let outbox = Outbox {
         tx,
+        counts: counts.clone(),
+        capacity: capacity.max(1),
         closer: closer.clone(),
         policy,
         conn_id,
-        dropped: Arc::new(AtomicU64::new(0)),
     };
-    let handle = tokio::spawn(writer(sink, rx, closer, shutdown));
+    let handle = tokio::spawn(writer(sink, rx, counts, closer, shutdown));
     (outbox, handle)
 }
 
 async fn writer(
     mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: mpsc::Receiver<OutFrame>,
+    mut rx: mpsc::UnboundedReceiver<OutFrame>,
+    counts: Arc<Counts>,
     closer: CancellationToken,
     shutdown: CancellationToken,
 ) {
@@ -136,7 +199,7 @@ async fn writer(
             biased;
             _ = shutdown.cancelled() => break Some((close_code::SERVICE_RESTART, "server shutting down")),
             _ = closer.cancelled() => break Some((close_code::POLICY_VIOLATION, "closed by server")),
-            written = write_batch(&mut sink, &mut batch) => match written {
+            written = write_batch(&mut sink, &mut batch, &counts) => match written {
                 Err(()) => {
                     closer.cancel();
                     return;
@@ -163,15 +226,25 @@ async fn writer(
     closer.cancel();
 }
 
-/// Write a batch and flush once. `Ok(Some(..))` when the batch asked to close the socket.
+/// Write a batch and flush once, then count its frames as gone. `Ok(Some(..))` when the batch
+/// asked to close the socket.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     batch: &mut Vec<OutFrame>,
+    counts: &Counts,
 ) -> Result<Option<(u16, &'static str)>, ()> {
+    let (mut deliveries, mut replies) = (0, 0);
     let mut stop = None;
     for frame in batch.drain(..) {
         match frame {
-            OutFrame::Data(m) => sink.feed(m).await.map_err(|_| ())?,
+            OutFrame::Data { frame, reply } => {
+                if reply {
+                    replies += 1;
+                } else {
+                    deliveries += 1;
+                }
+                sink.feed(frame).await.map_err(|_| ())?;
+            }
             OutFrame::Close(code, reason) => {
                 stop = Some((code, reason));
                 break;
@@ -179,5 +252,10 @@ async fn write_batch(
         }
     }
     sink.flush().await.map_err(|_| ())?;
+    counts.deliveries.fetch_sub(deliveries, Ordering::AcqRel);
+    if replies > 0 {
+        counts.replies.fetch_sub(replies, Ordering::AcqRel);
+        counts.written.notify_one();
+    }
     Ok(stop)
 }
