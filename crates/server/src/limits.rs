@@ -1,5 +1,13 @@
-//! Rate limits with upstream's semantics: tenant-wide averages over a 60 s window, and a
-//! per-channel window for presence calls.
+//! Rate limits with upstream's semantics: averages over a 60 s window, and a per-channel
+//! window for presence calls.
+//!
+//! Upstream counts every socket's broadcasts and deliveries in one tenant-wide counter and,
+//! once it is over the limit, shuts down every channel that receives a message ("Too many
+//! messages per second"). So one socket flooding a topic nobody listens to silences everyone
+//! else and is itself never told. Here each socket has its own [`RateCounter`] with upstream's
+//! limit and window ([`ClientRate`]): what it pushes and what it receives count against it,
+//! and the channel that pushes or receives while it is over gets upstream's shutdown. The
+//! tenant-wide counter remains for what no socket sends (REST and database broadcasts).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -51,10 +59,22 @@ impl RateCounter {
 
     /// Count `n` events.
     pub(crate) fn add(&self, n: u64) {
+        self.add_and_check_at(n, Instant::now());
+    }
+
+    /// Count `n` events at `now` (taken once for a whole fan-out) and say whether the limit
+    /// is now exceeded.
+    pub(crate) fn add_and_check_at(&self, n: u64, now: Instant) -> bool {
         let mut b = self.inner.lock();
-        Self::rotate(&mut b, Instant::now());
+        Self::rotate(&mut b, now);
         let i = b.current;
         b.counts[i] = b.counts[i].saturating_add(n);
+        let total: u64 = b.counts.iter().sum();
+        total > self.limit()
+    }
+
+    fn limit(&self) -> u64 {
+        self.limit_per_second * (BUCKETS as u64) * BUCKET.as_secs()
     }
 
     /// Whether the 60 s average is above the limit.
@@ -62,15 +82,19 @@ impl RateCounter {
         let mut b = self.inner.lock();
         Self::rotate(&mut b, Instant::now());
         let total: u64 = b.counts.iter().sum();
-        total > self.limit_per_second * (BUCKETS as u64) * BUCKET.as_secs()
+        total > self.limit()
     }
 
     /// Count `n` events and say whether the limit is now exceeded.
     pub(crate) fn add_and_check(&self, n: u64) -> bool {
-        self.add(n);
-        self.exceeded()
+        self.add_and_check_at(n, Instant::now())
     }
 }
+
+/// One socket's events budget: its broadcasts and what it is delivered, at upstream's
+/// `max_events_per_second` averaged over 60 s. Shared by the socket's read loop (pushes) and
+/// the fan-outs that deliver to it.
+pub(crate) type ClientRate = RateCounter;
 
 /// At most `max` calls within any `window`.
 #[derive(Debug)]

@@ -121,3 +121,50 @@ async fn pipelined_requests_are_backpressure_not_a_slow_consumer() {
     }
     let _sink = writer.await.unwrap();
 }
+
+/// One socket flooding a topic nobody listens to spends its own budget only: it is shut down
+/// with upstream's message, while a bystander pair on another topic keeps every message.
+#[tokio::test]
+async fn a_flooding_socket_cannot_starve_a_bystander() {
+    use serde_json::json;
+    use supa_realtime_protocol::Message;
+    let mut cfg = config();
+    cfg.max_events_per_second = 5; // 300 events per 60 s window
+    let srv = server(cfg).await;
+    let mut flooder = connect(&srv, Serializer::V1).await;
+    flooder.join_ok("realtime:void", "1", json!({})).await;
+    let mut sender = connect(&srv, Serializer::V1).await;
+    let mut bystander = connect(&srv, Serializer::V1).await;
+    sender.join_ok("realtime:calm", "1", json!({})).await;
+    bystander.join_ok("realtime:calm", "1", json!({})).await;
+    for i in 0..5_000 {
+        flooder
+            .send(Message::new(
+                Some("1".into()),
+                None,
+                "realtime:void",
+                "broadcast",
+                json!({"type": "broadcast", "event": "spam", "payload": {"i": i}}),
+            ))
+            .await;
+    }
+    let sys = flooder.recv_event("system").await;
+    assert_eq!(sys.payload["message"], "Too many messages per second");
+    assert_eq!(sys.payload["channel"], "void");
+    for i in 0..50 {
+        sender
+            .send(Message::new(
+                Some("1".into()),
+                None,
+                "realtime:calm",
+                "broadcast",
+                json!({"type": "broadcast", "event": "talk", "payload": {"i": i}}),
+            ))
+            .await;
+    }
+    for i in 0..50 {
+        let m = bystander.recv_msg().await;
+        assert_eq!(m.event, "broadcast", "bystander got {m:?}");
+        assert_eq!(m.payload["payload"]["i"], i);
+    }
+}

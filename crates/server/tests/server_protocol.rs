@@ -609,15 +609,15 @@ async fn presence_rate_limit_closes_the_channel() {
 }
 
 #[tokio::test]
-async fn events_limit_closes_receiving_channels() {
+async fn events_limit_shuts_down_the_channel_that_exceeds_it() {
     let mut cfg = config();
-    cfg.max_events_per_second = 1; // 60 events per 60 s window
+    cfg.max_events_per_second = 1; // 60 events per 60 s window, per socket
     let srv = server(cfg).await;
     let mut a = connect(&srv, Serializer::V2).await;
     let mut b = connect(&srv, Serializer::V2).await;
     a.join_ok("realtime:flood", "1", json!({})).await;
     b.join_ok("realtime:flood", "1", json!({})).await;
-    for i in 0..40 {
+    for i in 0..100 {
         a.send(Message::new(
             Some("1".into()),
             None,
@@ -627,9 +627,19 @@ async fn events_limit_closes_receiving_channels() {
         ))
         .await;
     }
-    let sys = b.recv_event("system").await;
-    assert_eq!(sys.payload["message"], "Too many messages per second");
-    assert_eq!(b.recv_event("phx_close").await.event, "phx_close");
+    // The sender is told, with upstream's shutdown, and its channel closes.
+    let sys = a.recv_event("system").await;
+    assert_eq!(
+        sys.payload,
+        json!({"extension": "system", "status": "error", "message": "Too many messages per second", "channel": "flood"})
+    );
+    assert_eq!(a.recv_event("phx_close").await.event, "phx_close");
+    // The receiver got what was sent within the sender's budget, and stays joined.
+    for i in 0..60 {
+        let m = b.recv_event("broadcast").await;
+        assert_eq!(m.payload["payload"]["i"], i);
+    }
+    b.assert_silent(300).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The join pipeline, in upstream's order (PROTOCOL.md §4.2), and token expiry.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +164,8 @@ impl Connection {
             serializer: self.serializer,
             reads_broadcast: access.broadcast,
             reads_presence: access.presence,
+            rate: self.rate.clone(),
+            closing: Arc::new(AtomicBool::new(false)),
             replayed: (!replayed.is_empty()).then(|| {
                 Arc::new(
                     replayed

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Claims;
 use crate::fanout::to_ws;
+use crate::limits::ClientRate;
 use crate::registry::SubId;
 use crate::state::AppState;
 
@@ -67,6 +68,8 @@ pub(crate) struct Connection {
     claims: Claims,
     /// Joined channels by wire topic.
     channels: HashMap<String, Channel>,
+    /// This socket's events budget (pushes and deliveries), shared with its subscriptions.
+    rate: Arc<ClientRate>,
 }
 
 /// Serve one upgraded socket until it closes.
@@ -94,6 +97,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
         token: info.token,
         claims: info.claims,
         channels: HashMap::new(),
+        rate: Arc::new(ClientRate::new(state.config.max_events_per_second)),
     };
     tracing::debug!(conn = id, vsn = info.serializer.vsn(), role = %conn.claims.role, "socket connected");
     let deadline = tokio::time::sleep(idle);
@@ -225,7 +229,7 @@ impl Connection {
             other => {
                 // Upstream logs unknown events and counts them against the events limit.
                 tracing::info!(conn = self.id, topic = %m.topic, event = other, "unknown event ignored");
-                self.state.events.add(1);
+                self.spend(&m.topic);
             }
         }
     }
