@@ -69,7 +69,9 @@ pub struct Config {
     #[arg(long, env = "MAX_CONCURRENT_USERS", default_value_t = 200)]
     pub max_concurrent_users: usize,
 
-    /// Broadcast events per second (pushes plus deliveries), averaged over 60 s.
+    /// Broadcast events per second (pushes plus deliveries), averaged over 60 s: each socket's
+    /// own budget (the channel that goes over it is shut down, as upstream shuts channels
+    /// down), and the budget of REST and database broadcasts together.
     #[arg(long, env = "MAX_EVENTS_PER_SECOND", default_value_t = 100)]
     pub max_events_per_second: u64,
 

@@ -628,3 +628,62 @@ async fn replication_ready_is_announced_once_the_stream_is_up() {
     );
     c.assert_silent(1200).await;
 }
+
+/// Upstream's on-demand presence authorization: a private channel joined without presence has
+/// its presence read evaluated when it first tracks. Before that it receives no presence; after
+/// it, presence as its policies allow.
+#[tokio::test]
+async fn presence_read_is_authorized_on_demand_at_the_first_track() {
+    let Some(url) = require_db("presence_read_is_authorized_on_demand_at_the_first_track") else {
+        return;
+    };
+    let srv = server_with_db(&url).await;
+    let topic = unique("allowed-");
+    let wire = format!("realtime:{topic}");
+    let (mut quiet, mut tracker) = (
+        connect(&srv, Serializer::V1).await,
+        connect(&srv, Serializer::V1).await,
+    );
+    let token = user("eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee");
+    join_private_ok(&mut quiet, &topic, "1", &token, json!({})).await;
+    join_private_ok(
+        &mut tracker,
+        &topic,
+        "1",
+        &token,
+        json!({"presence": {"enabled": true, "key": "t"}}),
+    )
+    .await;
+    let track = |r: &str, who: &str| {
+        Message::new(
+            Some("1".into()),
+            Some(r.into()),
+            wire.clone(),
+            "presence",
+            json!({"event": "track", "payload": {"who": who}}),
+        )
+    };
+    tracker.send(track("2", "tracker")).await;
+    // The fan-out queues the diff before the reply.
+    tracker.recv_event("presence_diff").await;
+    assert_eq!(
+        tracker.recv_event("phx_reply").await.payload["status"],
+        "ok"
+    );
+    // Presence was not authorized for `quiet`: nothing of it arrives.
+    quiet.assert_silent(400).await;
+    // Its first track authorizes presence read (and write): its own join arrives, and so do
+    // later changes of others.
+    quiet.send(track("3", "quiet")).await;
+    let diff = quiet.recv_event("presence_diff").await;
+    assert_eq!(
+        diff.payload["joins"].as_object().unwrap().len(),
+        1,
+        "{diff:?}"
+    );
+    assert!(diff.payload["joins"].get("t").is_none(), "{diff:?}");
+    assert_eq!(quiet.recv_event("phx_reply").await.payload["status"], "ok");
+    tracker.send(track("4", "tracker-again")).await;
+    let diff = quiet.recv_event("presence_diff").await;
+    assert!(diff.payload["joins"].get("t").is_some(), "{diff:?}");
+}

@@ -104,8 +104,11 @@ impl Connection {
             .verify(&token)
             .map_err(|e: JwtError| Refusal::Reply(e.join_reason()))?;
 
+        // Upstream evaluates presence read at join only when presence is enabled; otherwise
+        // on demand, when the channel first tracks (see `authorize_presence_on_demand`).
         let access = if config.private {
-            self.authorize_read(name, &claims).await?
+            self.authorize_read(name, &claims, config.presence_enabled)
+                .await?
         } else {
             ReadAccess {
                 broadcast: true,
@@ -180,6 +183,7 @@ impl Connection {
         let outbox = self.outbox.clone();
         let join_ref = m.join_ref.clone();
         let presence_enabled = config.presence_enabled && access.presence;
+        let (config_private, presence_enabled_at_join) = (config.private, config.presence_enabled);
         let topic = state.registry.with_topic(&key, |topic| {
             topic.add(sub, subscriber, |presence| {
                 outbox.reply(to_ws(serializer.encode_server_message(&reply)));
@@ -224,6 +228,7 @@ impl Connection {
                 access,
                 may_broadcast: None,
                 may_track: None,
+                presence_read_checked: !config_private || presence_enabled_at_join,
             },
         );
         self.arm_token_check(&m.topic);
@@ -243,14 +248,19 @@ impl Connection {
 
     /// The read check of a private channel: RLS on `realtime.messages` with a database; without
     /// one there are no policies, so only roles that bypass RLS may read.
-    async fn authorize_read(&self, name: &str, claims: &Claims) -> Result<ReadAccess, Refusal> {
+    async fn authorize_read(
+        &self,
+        name: &str,
+        claims: &Claims,
+        presence: bool,
+    ) -> Result<ReadAccess, Refusal> {
         match &self.state.database {
             None if may_use_private_channel(claims) => Ok(ReadAccess {
                 broadcast: true,
                 presence: true,
             }),
             None => Err(Refusal::Reply(unauthorized_read(name))),
-            Some(db) => match db.read_access(name, claims, true).await {
+            Some(db) => match db.read_access(name, claims, presence).await {
                 Ok(access) if access.broadcast || access.presence => Ok(access),
                 Ok(_) => Err(Refusal::Reply(unauthorized_read(name))),
                 Err(e) => {

@@ -186,6 +186,10 @@ impl Connection {
             self.close_channel(&m.topic, "Too many presence messages per second");
             return;
         }
+        if event == "track" && !self.authorize_presence_on_demand(&m.topic).await {
+            self.reply(m, Status::Error, json!({}));
+            return;
+        }
         if !self.may_write(&m.topic, Extension::Presence).await {
             self.reply(m, Status::Error, json!({}));
             return;
@@ -246,8 +250,9 @@ impl Connection {
             }
         };
         let (private, name) = (channel.config.private, channel.name().to_owned());
+        let presence_checked = channel.presence_read_checked;
         let access = if private {
-            match self.reauthorize(&name, &claims).await {
+            match self.reauthorize(&name, &claims, presence_checked).await {
                 Some(access) => Some(access),
                 None => {
                     self.close_channel(
@@ -283,13 +288,13 @@ impl Connection {
     }
 
     /// Read access with new claims; `None` when nothing may be read any more.
-    async fn reauthorize(&self, name: &str, claims: &Claims) -> Option<ReadAccess> {
+    async fn reauthorize(&self, name: &str, claims: &Claims, presence: bool) -> Option<ReadAccess> {
         match &self.state.database {
             None => may_use_private_channel(claims).then_some(ReadAccess {
                 broadcast: true,
                 presence: true,
             }),
-            Some(db) => match db.read_access(name, claims, true).await {
+            Some(db) => match db.read_access(name, claims, presence).await {
                 Ok(a) if a.broadcast || a.presence => Some(a),
                 Ok(_) => None,
                 Err(e) => {
@@ -298,6 +303,37 @@ impl Connection {
                 }
             },
         }
+    }
+
+    /// A private channel joined without presence evaluates presence read when it first
+    /// tracks, as upstream does, and from then on receives presence if allowed. `false` when
+    /// the check itself failed (the track is refused; the next one asks again).
+    async fn authorize_presence_on_demand(&mut self, topic: &str) -> bool {
+        let Some(channel) = self.channels.get(topic) else {
+            return false;
+        };
+        if channel.presence_read_checked {
+            return true;
+        }
+        let presence = match &self.state.database {
+            None => may_use_private_channel(&channel.claims),
+            Some(db) => match db.read_access(channel.name(), &channel.claims, true).await {
+                Ok(access) => access.presence,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "presence read authorization failed");
+                    return false;
+                }
+            },
+        };
+        let Some(channel) = self.channels.get_mut(topic) else {
+            return false;
+        };
+        channel.presence_read_checked = true;
+        channel.access.presence = presence;
+        channel
+            .topic
+            .set_access(channel.sub, channel.access.broadcast, presence);
+        true
     }
 
     /// Whether this channel may write `extension` messages: always on public channels; on
