@@ -207,8 +207,12 @@ impl Connection {
         if self.channels.is_empty() {
             state.users.fetch_add(1, Ordering::SeqCst);
         }
-        let postgres = (!config.postgres_changes.is_empty())
-            .then(|| self.subscribe_postgres(&m.topic, name, &join_ref, &config, &claims));
+        let postgres = if legacy {
+            self.subscribe_legacy_postgres(&m.topic, name, &join_ref, &claims)
+        } else {
+            (!config.postgres_changes.is_empty())
+                .then(|| self.subscribe_postgres(&m.topic, name, &join_ref, &config, &claims))
+        };
         self.channels.insert(
             m.topic.clone(),
             Channel {
@@ -397,7 +401,12 @@ fn with_ids(items: &[Value]) -> Value {
     )
 }
 
-fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: FeedEvent) -> Message {
+pub(super) fn feed_message(
+    wire_topic: &str,
+    name: &str,
+    join_ref: &Option<String>,
+    ev: FeedEvent,
+) -> Message {
     match ev {
         FeedEvent::Subscribed => Message::channel_push(
             join_ref.clone(),

@@ -9,6 +9,7 @@
 
 mod channel;
 mod join;
+mod legacy;
 mod outbox;
 mod push;
 mod readiness;
