@@ -309,6 +309,7 @@ impl Connection {
             .collect();
         let outbox = self.outbox.clone();
         let serializer = self.serializer;
+        let wire_topic_owned = wire_topic.to_owned();
         let wire_topic = wire_topic.to_owned();
         let channel_name = name.to_owned();
         let join_ref = join_ref.clone();
@@ -338,6 +339,7 @@ impl Connection {
             };
             outbox.send(to_ws(frame));
         });
+        let sink = self.limit_db_events(sink, &wire_topic_owned, name);
         self.state.feed.subscribe(SubscribeRequest {
             topic: name.to_owned(),
             claims: Value::Object(claims.raw.clone()),

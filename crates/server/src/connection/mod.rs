@@ -8,6 +8,7 @@
 //! pushed back by TCP instead of being closed as a slow consumer.
 
 mod channel;
+mod db_events;
 mod join;
 mod legacy;
 mod outbox;
