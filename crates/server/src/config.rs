@@ -136,7 +136,8 @@ pub struct Config {
     #[arg(long, env = "MAX_FRAME_SIZE", default_value_t = 5_000_000)]
     pub max_frame_size: usize,
 
-    /// Frames queued for one socket before the slow-consumer policy applies.
+    /// Deliveries queued for one socket before the slow-consumer policy applies; also how many
+    /// replies to its own requests may queue before the server stops reading it.
     #[arg(long, env = "OUTBOX_CAPACITY", default_value_t = 4096)]
     pub outbox_capacity: usize,
 
