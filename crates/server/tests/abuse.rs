@@ -168,3 +168,53 @@ async fn a_flooding_socket_cannot_starve_a_bystander() {
         assert_eq!(m.payload["payload"]["i"], i);
     }
 }
+
+/// Refused joins are answered after the error backoff; a client pipelining them is pushed back
+/// like any other (the pending answers count as queued replies), so it cannot pile up sleeping
+/// answers: a heartbeat sent after 200 bad joins is read, and answered, only after most of them.
+#[tokio::test]
+async fn pipelined_refused_joins_are_backpressure_too() {
+    use futures_util::StreamExt;
+    let mut cfg = config();
+    cfg.outbox_capacity = 16;
+    cfg.channel_error_backoff_ms = 100;
+    let srv = server(cfg).await;
+    let c = connect(&srv, Serializer::V1).await;
+    let (mut sink, mut stream) = c.ws.split();
+    const N: usize = 200;
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let frame = format!(
+                r#"{{"topic":"realtime:r{i}","event":"phx_join","payload":{{"config":{{}},"access_token":"bad"}},"ref":"{i}","join_ref":"{i}"}}"#
+            );
+            sink.feed(WsMessage::Text(frame.into())).await.unwrap();
+        }
+        sink.feed(WsMessage::Text(
+            r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"hb"}"#.into(),
+        ))
+        .await
+        .unwrap();
+        sink.flush().await.unwrap();
+        sink
+    });
+    let mut refusals = 0;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("replies stopped")
+            .unwrap()
+            .unwrap();
+        let WsMessage::Text(t) = m else { continue };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["ref"] == "hb" {
+            break;
+        }
+        assert_eq!(v["payload"]["status"], "error", "{v}");
+        refusals += 1;
+    }
+    assert!(
+        refusals >= N - 2 * 16,
+        "the heartbeat was read before the refusals had room: answered after {refusals} of {N}"
+    );
+    let _sink = writer.await.unwrap();
+}

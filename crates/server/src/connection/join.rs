@@ -281,10 +281,13 @@ impl Connection {
         let reply = Message::reply_to(m, Status::Error, json!({"reason": reason}));
         let frame = to_ws(self.serializer.encode_server_message(&reply));
         let outbox = self.outbox.clone();
+        // Counted as queued from now: a client pipelining refused joins is pushed back instead
+        // of piling up sleeping replies.
+        let room = self.outbox.reserve_reply();
         let delay = self.state.config.channel_error_backoff();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            outbox.reply(frame);
+            room.send(frame);
             if close {
                 outbox.close(close_code::GOING_AWAY, "too many joins per second");
             }

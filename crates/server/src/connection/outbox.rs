@@ -59,6 +59,36 @@ pub(crate) struct Outbox {
     conn_id: u64,
 }
 
+/// Room held for one reply ([`Outbox::reserve_reply`]); given back if never sent.
+#[derive(Debug)]
+pub(crate) struct ReservedReply {
+    outbox: Option<Outbox>,
+}
+
+impl ReservedReply {
+    /// Queue the reply in the room held for it.
+    pub(crate) fn send(mut self, frame: WsMessage) {
+        if let Some(outbox) = self.outbox.take() {
+            if outbox
+                .tx
+                .send(OutFrame::Data { frame, reply: true })
+                .is_err()
+            {
+                outbox.counts.replies.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl Drop for ReservedReply {
+    fn drop(&mut self) {
+        if let Some(outbox) = self.outbox.take() {
+            outbox.counts.replies.fetch_sub(1, Ordering::AcqRel);
+            outbox.counts.written.notify_one();
+        }
+    }
+}
+
 /// Frames queued and not yet written, by kind; the writer decrements after each flush.
 #[derive(Debug, Default)]
 struct Counts {
@@ -98,6 +128,15 @@ impl Outbox {
         self.counts.replies.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(OutFrame::Data { frame, reply: true }).is_err() {
             self.counts.replies.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Hold room for a reply that will be sent later (a refused join answers after the error
+    /// backoff): until then it counts as queued, so delayed replies are backpressure too.
+    pub(crate) fn reserve_reply(&self) -> ReservedReply {
+        self.counts.replies.fetch_add(1, Ordering::AcqRel);
+        ReservedReply {
+            outbox: Some(self.clone()),
         }
     }
 
