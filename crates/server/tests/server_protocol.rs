@@ -900,3 +900,35 @@ async fn replication_ready_without_a_database_shuts_the_channel_down() {
     c.join_ok("realtime:quiet", "2", json!({})).await;
     c.assert_silent(700).await;
 }
+
+#[tokio::test]
+async fn replication_ready_times_out_while_the_database_is_unreachable() {
+    let mut cfg = config();
+    // Nothing listens there: the database broadcast stream never comes up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.database_url = Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    cfg.replication_ready_timeout_ms = 1_200;
+    let srv = server(cfg).await;
+    let mut c = connect(&srv, Serializer::V2).await;
+    c.join_ok(
+        "realtime:waiting",
+        "1",
+        json!({"broadcast": {"replication_ready": true}}),
+    )
+    .await;
+    // Checked every 500 ms: nothing is said until the timeout.
+    c.assert_silent(800).await;
+    let m = c.recv_event("system").await;
+    assert_eq!(
+        m.payload,
+        json!({"extension": "system", "status": "error", "message": "Replication connection was not established in time", "channel": "waiting"})
+    );
+    assert_eq!(
+        c.recv_event("phx_close").await.join_ref.as_deref(),
+        Some("1")
+    );
+}
