@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
-use supa_realtime_protocol::{event, Message};
+use supa_realtime_protocol::{event, Message, TOPIC_PREFIX};
 
 use super::Connection;
 use crate::fanout::to_ws;
@@ -23,13 +23,13 @@ use crate::postgres::{FeedEvent, Sink};
 pub(crate) const TOO_MANY_DB_EVENTS: &str = "Too many postgres changes messages per second";
 
 impl Connection {
-    /// `sink` behind the database-events limiter, if one is configured.
-    pub(super) fn limit_db_events(&self, sink: Sink, wire_topic: &str, name: &str) -> Sink {
+    /// `sink` of channel `name` behind the database-events limiter, if one is configured.
+    pub(super) fn limit_db_events(&self, sink: Sink, name: &str) -> Sink {
         let Some(limiter) = self.state.db_events.clone() else {
             return sink;
         };
         let notice = to_ws(self.serializer.encode_server_message(&Message::fanout(
-            wire_topic,
+            format!("{TOPIC_PREFIX}{name}"),
             event::SYSTEM,
             json!({"extension": "postgres_changes", "status": "error", "message": TOO_MANY_DB_EVENTS, "channel": name}),
         )));

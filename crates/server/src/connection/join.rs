@@ -183,7 +183,7 @@ impl Connection {
         let outbox = self.outbox.clone();
         let join_ref = m.join_ref.clone();
         let presence_enabled = config.presence_enabled && access.presence;
-        let (config_private, presence_enabled_at_join) = (config.private, config.presence_enabled);
+        let presence_read_checked = !config.private || config.presence_enabled;
         let topic = state.registry.with_topic(&key, |topic| {
             topic.add(sub, subscriber, |presence| {
                 outbox.reply(to_ws(serializer.encode_server_message(&reply)));
@@ -232,7 +232,7 @@ impl Connection {
                 access,
                 may_broadcast: None,
                 may_track: None,
-                presence_read_checked: !config_private || presence_enabled_at_join,
+                presence_read_checked,
             },
         );
         self.arm_token_check(&m.topic);
@@ -312,7 +312,6 @@ impl Connection {
             .collect();
         let outbox = self.outbox.clone();
         let serializer = self.serializer;
-        let wire_topic_owned = wire_topic.to_owned();
         let wire_topic = wire_topic.to_owned();
         let channel_name = name.to_owned();
         let join_ref = join_ref.clone();
@@ -342,7 +341,7 @@ impl Connection {
             };
             outbox.send(to_ws(frame));
         });
-        let sink = self.limit_db_events(sink, &wire_topic_owned, name);
+        let sink = self.limit_db_events(sink, name);
         self.state.feed.subscribe(SubscribeRequest {
             topic: name.to_owned(),
             claims: Value::Object(claims.raw.clone()),

@@ -57,7 +57,7 @@ impl Connection {
             };
             outbox.send(to_ws(frame));
         });
-        let sink = self.limit_db_events(sink, wire_topic, name);
+        let sink = self.limit_db_events(sink, name);
         Some(self.state.feed.subscribe(SubscribeRequest {
             topic: name.to_owned(),
             claims: Value::Object(claims.raw.clone()),
