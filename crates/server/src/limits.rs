@@ -28,6 +28,8 @@ pub(crate) struct RateCounter {
 #[derive(Debug)]
 struct Buckets {
     counts: [u64; BUCKETS],
+    /// The sum of `counts`, kept as buckets fill and empty: checked on every delivery.
+    total: u64,
     current: usize,
     started: Instant,
 }
@@ -38,6 +40,7 @@ impl RateCounter {
             limit_per_second,
             inner: Mutex::new(Buckets {
                 counts: [0; BUCKETS],
+                total: 0,
                 current: 0,
                 started: Instant::now(),
             }),
@@ -52,6 +55,7 @@ impl RateCounter {
         }
         for _ in 0..steps.min(BUCKETS) {
             b.current = (b.current + 1) % BUCKETS;
+            b.total = b.total.saturating_sub(b.counts[b.current]);
             b.counts[b.current] = 0;
         }
         b.started += BUCKET * steps as u32;
@@ -69,8 +73,8 @@ impl RateCounter {
         Self::rotate(&mut b, now);
         let i = b.current;
         b.counts[i] = b.counts[i].saturating_add(n);
-        let total: u64 = b.counts.iter().sum();
-        total > self.limit()
+        b.total = b.total.saturating_add(n);
+        b.total > self.limit()
     }
 
     fn limit(&self) -> u64 {
@@ -81,8 +85,7 @@ impl RateCounter {
     pub(crate) fn exceeded(&self) -> bool {
         let mut b = self.inner.lock();
         Self::rotate(&mut b, Instant::now());
-        let total: u64 = b.counts.iter().sum();
-        total > self.limit()
+        b.total > self.limit()
     }
 
     /// Count `n` events and say whether the limit is now exceeded.
@@ -140,6 +143,20 @@ mod tests {
         let c = RateCounter::new(10);
         assert!(!c.add_and_check(600));
         assert!(c.add_and_check(1));
+    }
+
+    #[test]
+    fn events_leave_the_window_after_60_s() {
+        let c = RateCounter::new(10);
+        let t0 = Instant::now();
+        assert!(!c.add_and_check_at(400, t0));
+        assert!(!c.add_and_check_at(200, t0 + Duration::from_secs(30)));
+        assert!(c.add_and_check_at(1, t0 + Duration::from_secs(31)));
+        // The first 400 are out of the window, the next 200 still in.
+        assert!(!c.add_and_check_at(1, t0 + Duration::from_secs(62)));
+        assert!(c.add_and_check_at(400, t0 + Duration::from_secs(62)));
+        // Long silence empties it.
+        assert!(!c.add_and_check_at(1, t0 + Duration::from_secs(600)));
     }
 
     #[test]
