@@ -48,6 +48,10 @@ impl RateCounter {
     }
 
     fn rotate(b: &mut Buckets, now: Instant) {
+        // The common case, on every delivery: still in the current bucket.
+        if now < b.started + BUCKET {
+            return;
+        }
         let elapsed = now.saturating_duration_since(b.started);
         let steps = (elapsed.as_millis() / BUCKET.as_millis()) as usize;
         if steps == 0 {
