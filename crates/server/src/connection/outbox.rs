@@ -1,16 +1,20 @@
 //! The one writer task of a socket, and the bounded queue everyone else writes into.
 //!
-//! One queue keeps every frame of a socket in order, but two kinds of frames are counted apart:
+//! One queue keeps every frame of a socket in order, but two kinds of frames are judged apart:
 //!
 //! * **Deliveries** (fan-out of what others sent: broadcasts, presence diffs, changes) never
-//!   wait on a socket. More than `capacity` of them queued means the client is not taking what
-//!   it is sent, and the [`SlowConsumerPolicy`] decides: close the socket with a logged reason
+//!   wait on a socket: they `try_send`. A full queue means the client is not taking what it is
+//!   sent, and the [`SlowConsumerPolicy`] decides: close the socket with a logged reason
 //!   (default; the client reconnects and rejoins, so nothing is lost silently), or drop that
 //!   one message and log it.
 //! * **Replies** to the socket's own requests (heartbeats, joins, acks) are backpressure: the
 //!   read loop stops reading the socket while `capacity` of them are queued
 //!   ([`Outbox::reply_room`]), so a client that pipelines requests is slowed down by TCP and
 //!   never judged by the slow-consumer policy for what it asked for.
+//!
+//! The queue holds `2 × capacity` frames plus the replies of one request, so it is full only
+//! when at least `capacity` deliveries wait: exactly the slow-consumer condition, with no
+//! per-delivery bookkeeping beyond the channel's own (only replies are counted).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,11 +52,15 @@ pub(crate) mod close_code {
     pub(crate) const INVALID_PAYLOAD: u16 = 1007;
 }
 
+/// Replies one request may queue beyond `capacity` (a join: its reply, up to 25 replayed
+/// messages, presence state).
+const REPLY_BURST: usize = 64;
+
 /// The sending side of a socket's queue.
 #[derive(Clone, Debug)]
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<OutFrame>,
-    counts: Arc<Counts>,
+    tx: mpsc::Sender<OutFrame>,
+    replies: Arc<Replies>,
     capacity: usize,
     closer: CancellationToken,
     policy: SlowConsumerPolicy,
@@ -69,13 +77,7 @@ impl ReservedReply {
     /// Queue the reply in the room held for it.
     pub(crate) fn send(mut self, frame: WsMessage) {
         if let Some(outbox) = self.outbox.take() {
-            if outbox
-                .tx
-                .send(OutFrame::Data { frame, reply: true })
-                .is_err()
-            {
-                outbox.counts.replies.fetch_sub(1, Ordering::AcqRel);
-            }
+            outbox.queue_counted_reply(frame);
         }
     }
 }
@@ -83,72 +85,82 @@ impl ReservedReply {
 impl Drop for ReservedReply {
     fn drop(&mut self) {
         if let Some(outbox) = self.outbox.take() {
-            outbox.counts.replies.fetch_sub(1, Ordering::AcqRel);
-            outbox.counts.written.notify_one();
+            outbox.replies.done(1);
         }
     }
 }
 
-/// Frames queued and not yet written, by kind; the writer decrements after each flush.
+/// Replies queued (or reserved) and not yet written; the writer counts them down.
 #[derive(Debug, Default)]
-struct Counts {
-    deliveries: AtomicUsize,
-    replies: AtomicUsize,
+struct Replies {
+    queued: AtomicUsize,
     /// Signalled when replies were written (room for the read loop to go on).
     written: Notify,
     dropped: AtomicU64,
+}
+
+impl Replies {
+    fn done(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.written.notify_one();
+    }
 }
 
 impl Outbox {
     /// Queue a delivery without waiting. `false` if it was not queued: the socket is closing,
     /// or it is not taking its deliveries (then the slow-consumer policy applies).
     pub(crate) fn send(&self, frame: WsMessage) -> bool {
-        if self.counts.deliveries.load(Ordering::Acquire) >= self.capacity {
-            self.slow_consumer();
-            return false;
+        match self.tx.try_send(OutFrame::Data {
+            frame,
+            reply: false,
+        }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow_consumer();
+                false
+            }
         }
-        self.counts.deliveries.fetch_add(1, Ordering::AcqRel);
-        if self
-            .tx
-            .send(OutFrame::Data {
-                frame,
-                reply: false,
-            })
-            .is_err()
-        {
-            self.counts.deliveries.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
     }
 
-    /// Queue a reply to the socket's own request. Never refused for want of room: the read
-    /// loop waits for [`Outbox::reply_room`] before reading the next request.
+    /// Queue a reply to the socket's own request. It finds room: the read loop waits for
+    /// [`Outbox::reply_room`] before reading the next request, and the queue is full only when
+    /// `capacity` deliveries wait (then the slow-consumer policy applies, as for a delivery).
     pub(crate) fn reply(&self, frame: WsMessage) {
-        self.counts.replies.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(OutFrame::Data { frame, reply: true }).is_err() {
-            self.counts.replies.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.replies.queued.fetch_add(1, Ordering::AcqRel);
+        self.queue_counted_reply(frame);
     }
 
     /// Hold room for a reply that will be sent later (a refused join answers after the error
     /// backoff): until then it counts as queued, so delayed replies are backpressure too.
     pub(crate) fn reserve_reply(&self) -> ReservedReply {
-        self.counts.replies.fetch_add(1, Ordering::AcqRel);
+        self.replies.queued.fetch_add(1, Ordering::AcqRel);
         ReservedReply {
             outbox: Some(self.clone()),
         }
     }
 
+    /// Queue a reply already counted in `replies.queued`.
+    fn queue_counted_reply(&self, frame: WsMessage) {
+        match self.tx.try_send(OutFrame::Data { frame, reply: true }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.replies.done(1),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.replies.done(1);
+                self.slow_consumer();
+            }
+        }
+    }
+
     /// Whether replies have room, i.e. the next request may be read.
     pub(crate) fn has_reply_room(&self) -> bool {
-        self.counts.replies.load(Ordering::Acquire) < self.capacity
+        self.replies.queued.load(Ordering::Acquire) < self.capacity
     }
 
     /// Wait until replies have room.
     pub(crate) async fn reply_room(&self) {
         loop {
-            let written = self.counts.written.notified();
+            let written = self.replies.written.notified();
             if self.has_reply_room() {
                 return;
             }
@@ -168,7 +180,7 @@ impl Outbox {
                 }
             }
             SlowConsumerPolicy::Drop => {
-                let n = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let n = self.replies.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     tracing::warn!(
                         conn = self.conn_id,
@@ -182,7 +194,7 @@ impl Outbox {
 
     /// Ask the writer to close the socket with `code` after what is queued.
     pub(crate) fn close(&self, code: u16, reason: &'static str) {
-        if self.tx.send(OutFrame::Close(code, reason)).is_err() {
+        if self.tx.try_send(OutFrame::Close(code, reason)).is_err() {
             self.closer.cancel();
         }
     }
@@ -197,26 +209,25 @@ pub(crate) fn spawn_writer(
     closer: CancellationToken,
     shutdown: CancellationToken,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
-    // Unbounded as a channel, bounded by the counts: at most `capacity` deliveries, and
-    // replies beyond `capacity` only from the one request being handled.
-    let (tx, rx) = mpsc::unbounded_channel();
-    let counts = Arc::new(Counts::default());
+    let capacity = capacity.max(1);
+    let (tx, rx) = mpsc::channel(2 * capacity + REPLY_BURST);
+    let replies = Arc::new(Replies::default());
     let outbox = Outbox {
         tx,
-        counts: counts.clone(),
-        capacity: capacity.max(1),
+        replies: replies.clone(),
+        capacity,
         closer: closer.clone(),
         policy,
         conn_id,
     };
-    let handle = tokio::spawn(writer(sink, rx, counts, closer, shutdown));
+    let handle = tokio::spawn(writer(sink, rx, replies, closer, shutdown));
     (outbox, handle)
 }
 
 async fn writer(
     mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: mpsc::UnboundedReceiver<OutFrame>,
-    counts: Arc<Counts>,
+    mut rx: mpsc::Receiver<OutFrame>,
+    replies: Arc<Replies>,
     closer: CancellationToken,
     shutdown: CancellationToken,
 ) {
@@ -238,7 +249,7 @@ async fn writer(
             biased;
             _ = shutdown.cancelled() => break Some((close_code::SERVICE_RESTART, "server shutting down")),
             _ = closer.cancelled() => break Some((close_code::POLICY_VIOLATION, "closed by server")),
-            written = write_batch(&mut sink, &mut batch, &counts) => match written {
+            written = write_batch(&mut sink, &mut batch, &replies) => match written {
                 Err(()) => {
                     closer.cancel();
                     return;
@@ -265,23 +276,19 @@ async fn writer(
     closer.cancel();
 }
 
-/// Write a batch and flush once, then count its frames as gone. `Ok(Some(..))` when the batch
+/// Write a batch and flush once, then count its replies as gone. `Ok(Some(..))` when the batch
 /// asked to close the socket.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     batch: &mut Vec<OutFrame>,
-    counts: &Counts,
+    replies: &Replies,
 ) -> Result<Option<(u16, &'static str)>, ()> {
-    let (mut deliveries, mut replies) = (0, 0);
+    let mut written_replies = 0;
     let mut stop = None;
     for frame in batch.drain(..) {
         match frame {
             OutFrame::Data { frame, reply } => {
-                if reply {
-                    replies += 1;
-                } else {
-                    deliveries += 1;
-                }
+                written_replies += usize::from(reply);
                 sink.feed(frame).await.map_err(|_| ())?;
             }
             OutFrame::Close(code, reason) => {
@@ -291,10 +298,8 @@ async fn write_batch(
         }
     }
     sink.flush().await.map_err(|_| ())?;
-    counts.deliveries.fetch_sub(deliveries, Ordering::AcqRel);
-    if replies > 0 {
-        counts.replies.fetch_sub(replies, Ordering::AcqRel);
-        counts.written.notify_one();
+    if written_replies > 0 {
+        replies.done(written_replies);
     }
     Ok(stop)
 }
