@@ -391,3 +391,33 @@ async def test_access_token_callback_token_is_used_for_join(server, js_factory):
                                what="system error after the callback's token changed")
     assert ev["payload"]["message"] == f"You no longer have permission to read from this Channel topic: {topic}"
     await js.log.wait_for(is_status("CLOSED", topic), WAIT, start=m, what="CLOSED")
+
+
+# ---------------------------------------------------------------------------------------------
+# upstream features: binary database broadcasts, replication_ready (issue 13)
+
+
+async def test_send_binary_reaches_js_v2_live_and_by_replay(server, sql, js_factory):
+    topic = topic_name("bin")
+    since = int((time.time() - 60) * 1000)
+    js = await js_private(js_factory, server, "2.0.0", topic, perm_jwt("r"), name="bin")
+    await sql(f"SELECT realtime.send_binary('\\x00ff10'::bytea, 'bin_sql', '{topic}', true)")
+    ev = await js.log.wait_for(is_broadcast("bin_sql", topic), WAIT, what="binary db broadcast")
+    assert ev["payload"]["payload"] == {"__binary__": "00ff10"}, ev
+    late = await js_private(js_factory, server, "2.0.0", topic, perm_jwt("r"), name="late",
+                            config={"broadcast": {"replay": {"since": since}}})
+    ev = await late.log.wait_for(is_broadcast("bin_sql", topic), WAIT, what="binary replay")
+    assert ev["payload"]["payload"] == {"__binary__": "00ff10"}, ev
+    assert ev["payload"]["meta"]["replayed"] is True, ev
+
+
+@pytest.mark.parametrize("vsn", VSNS)
+async def test_replication_ready_reaches_realtime_js(server, js_factory, vsn):
+    topic = topic_name("ready")
+    js = await js_factory(f"ready-{vsn}", vsn)
+    await js.connect(server)
+    await js.joined(topic, {"broadcast": {"replication_ready": True}}, system=True)
+    ev = await js.log.wait_for(lambda e: e["type"] == "system" and e["topic"] == topic, WAIT,
+                               what="replication_ready system message")
+    assert ev["payload"] == {"extension": "system", "status": "ok",
+                             "message": "Replication connection established", "channel": topic}, ev

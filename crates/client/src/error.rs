@@ -142,7 +142,7 @@ impl Error {
 
 /// Join error codes and system messages that mean "your token or your rights" (PROTOCOL.md §9.4).
 pub(crate) fn is_auth_reason(reason: &str) -> bool {
-    const MARKERS: [&str; 9] = [
+    const MARKERS: [&str; 10] = [
         "InvalidJWTToken",
         "MalformedJWT",
         "JwtSignatureError",
@@ -152,6 +152,8 @@ pub(crate) fn is_auth_reason(reason: &str) -> bool {
         "not a valid JWT",
         "permission",
         "are required in JWT",
+        // The project allows only private channels: a refusal by policy, like a denied read.
+        "PrivateOnly",
     ];
     MARKERS.iter().any(|m| reason.contains(m))
 }
@@ -200,6 +202,11 @@ mod tests {
         let e = Error::from_server_reason(
             "join refused",
             "Unauthorized: You do not have permissions to read from this Channel topic: x",
+        );
+        assert_eq!(e.kind(), ErrorKind::Authorization);
+        let e = Error::from_server_reason(
+            "join refused",
+            "PrivateOnly: This project only allows private channels",
         );
         assert_eq!(e.kind(), ErrorKind::Authorization);
         let e =

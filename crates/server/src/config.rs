@@ -69,9 +69,17 @@ pub struct Config {
     #[arg(long, env = "MAX_CONCURRENT_USERS", default_value_t = 200)]
     pub max_concurrent_users: usize,
 
-    /// Broadcast events per second (pushes plus deliveries), averaged over 60 s.
+    /// Broadcast events per second (pushes plus deliveries), averaged over 60 s: each socket's
+    /// own budget (the channel that goes over it is shut down, as upstream shuts channels
+    /// down), and the budget of REST and database broadcasts together.
     #[arg(long, env = "MAX_EVENTS_PER_SECOND", default_value_t = 100)]
     pub max_events_per_second: u64,
+
+    /// postgres_changes deliveries per second, averaged over 60 s, server-wide (upstream's
+    /// database-events limiter). 0, the default, is no limit: over it changes are dropped (each
+    /// channel told with a `system` error, every drop logged), which loses data.
+    #[arg(long, env = "MAX_DB_EVENTS_PER_SECOND", default_value_t = 0)]
+    pub max_db_events_per_second: u64,
 
     /// Channel joins per second, averaged over 60 s.
     #[arg(long, env = "MAX_JOINS_PER_SECOND", default_value_t = 100)]
@@ -105,6 +113,21 @@ pub struct Config {
     #[arg(long, env = "CONNECT_ERROR_BACKOFF_MS", default_value_t = 2_000)]
     pub connect_error_backoff_ms: u64,
 
+    /// Only private channels may be joined (upstream's tenant setting `private_only`); a
+    /// public join is refused with `PrivateOnly: This project only allows private channels`.
+    #[arg(long, env = "PRIVATE_ONLY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub private_only: bool,
+
+    /// How long a channel joined with `broadcast.replication_ready` waits for the database
+    /// broadcast stream before it is shut down, as upstream's one minute.
+    #[arg(long, env = "REPLICATION_READY_TIMEOUT_MS", default_value_t = 60_000)]
+    pub replication_ready_timeout_ms: u64,
+
+    /// A connection must finish its HTTP request headers (the WebSocket handshake included)
+    /// within this long, or it is closed: half-open sockets cost nothing for long.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
     /// A socket that sends nothing for this long is closed.
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
@@ -113,7 +136,8 @@ pub struct Config {
     #[arg(long, env = "MAX_FRAME_SIZE", default_value_t = 5_000_000)]
     pub max_frame_size: usize,
 
-    /// Frames queued for one socket before the slow-consumer policy applies.
+    /// Deliveries queued for one socket before the slow-consumer policy applies; also how many
+    /// replies to its own requests may queue before the server stops reading it.
     #[arg(long, env = "OUTBOX_CAPACITY", default_value_t = 4096)]
     pub outbox_capacity: usize,
 

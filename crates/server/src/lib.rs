@@ -38,7 +38,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -94,18 +93,10 @@ impl Server {
             ));
         }
         let app = http::router(state.clone());
-        let stop = shutdown.clone();
-        // Small frames must leave at once: without TCP_NODELAY a second small write waits for
-        // the peer's delayed ACK of the first (~40 ms), as the interop tests measured.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        let header_timeout = Duration::from_millis(state.config.handshake_timeout_ms);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            http::serve(listener, app, header_timeout, shutdown).await;
+            Ok(())
         });
         tracing::info!(%addr, database = state.config.database_url.is_some(), "listening on {addr}");
         Ok(Server { addr, state, task })

@@ -1,5 +1,13 @@
-//! Rate limits with upstream's semantics: tenant-wide averages over a 60 s window, and a
-//! per-channel window for presence calls.
+//! Rate limits with upstream's semantics: averages over a 60 s window, and a per-channel
+//! window for presence calls.
+//!
+//! Upstream counts every socket's broadcasts and deliveries in one tenant-wide counter and,
+//! once it is over the limit, shuts down every channel that receives a message ("Too many
+//! messages per second"). So one socket flooding a topic nobody listens to silences everyone
+//! else and is itself never told. Here each socket has its own [`RateCounter`] with upstream's
+//! limit and window ([`ClientRate`]): what it pushes and what it receives count against it,
+//! and the channel that pushes or receives while it is over gets upstream's shutdown. The
+//! tenant-wide counter remains for what no socket sends (REST and database broadcasts).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -20,6 +28,8 @@ pub(crate) struct RateCounter {
 #[derive(Debug)]
 struct Buckets {
     counts: [u64; BUCKETS],
+    /// The sum of `counts`, kept as buckets fill and empty: checked on every delivery.
+    total: u64,
     current: usize,
     started: Instant,
 }
@@ -30,6 +40,7 @@ impl RateCounter {
             limit_per_second,
             inner: Mutex::new(Buckets {
                 counts: [0; BUCKETS],
+                total: 0,
                 current: 0,
                 started: Instant::now(),
             }),
@@ -37,6 +48,10 @@ impl RateCounter {
     }
 
     fn rotate(b: &mut Buckets, now: Instant) {
+        // The common case, on every delivery: still in the current bucket.
+        if now < b.started + BUCKET {
+            return;
+        }
         let elapsed = now.saturating_duration_since(b.started);
         let steps = (elapsed.as_millis() / BUCKET.as_millis()) as usize;
         if steps == 0 {
@@ -44,6 +59,7 @@ impl RateCounter {
         }
         for _ in 0..steps.min(BUCKETS) {
             b.current = (b.current + 1) % BUCKETS;
+            b.total = b.total.saturating_sub(b.counts[b.current]);
             b.counts[b.current] = 0;
         }
         b.started += BUCKET * steps as u32;
@@ -51,26 +67,41 @@ impl RateCounter {
 
     /// Count `n` events.
     pub(crate) fn add(&self, n: u64) {
+        self.add_and_check_at(n, Instant::now());
+    }
+
+    /// Count `n` events at `now` (taken once for a whole fan-out) and say whether the limit
+    /// is now exceeded.
+    pub(crate) fn add_and_check_at(&self, n: u64, now: Instant) -> bool {
         let mut b = self.inner.lock();
-        Self::rotate(&mut b, Instant::now());
+        Self::rotate(&mut b, now);
         let i = b.current;
         b.counts[i] = b.counts[i].saturating_add(n);
+        b.total = b.total.saturating_add(n);
+        b.total > self.limit()
+    }
+
+    fn limit(&self) -> u64 {
+        self.limit_per_second * (BUCKETS as u64) * BUCKET.as_secs()
     }
 
     /// Whether the 60 s average is above the limit.
     pub(crate) fn exceeded(&self) -> bool {
         let mut b = self.inner.lock();
         Self::rotate(&mut b, Instant::now());
-        let total: u64 = b.counts.iter().sum();
-        total > self.limit_per_second * (BUCKETS as u64) * BUCKET.as_secs()
+        b.total > self.limit()
     }
 
     /// Count `n` events and say whether the limit is now exceeded.
     pub(crate) fn add_and_check(&self, n: u64) -> bool {
-        self.add(n);
-        self.exceeded()
+        self.add_and_check_at(n, Instant::now())
     }
 }
+
+/// One socket's events budget: its broadcasts and what it is delivered, at upstream's
+/// `max_events_per_second` averaged over 60 s. Shared by the socket's read loop (pushes) and
+/// the fan-outs that deliver to it.
+pub(crate) type ClientRate = RateCounter;
 
 /// At most `max` calls within any `window`.
 #[derive(Debug)]
@@ -116,6 +147,20 @@ mod tests {
         let c = RateCounter::new(10);
         assert!(!c.add_and_check(600));
         assert!(c.add_and_check(1));
+    }
+
+    #[test]
+    fn events_leave_the_window_after_60_s() {
+        let c = RateCounter::new(10);
+        let t0 = Instant::now();
+        assert!(!c.add_and_check_at(400, t0));
+        assert!(!c.add_and_check_at(200, t0 + Duration::from_secs(30)));
+        assert!(c.add_and_check_at(1, t0 + Duration::from_secs(31)));
+        // The first 400 are out of the window, the next 200 still in.
+        assert!(!c.add_and_check_at(1, t0 + Duration::from_secs(62)));
+        assert!(c.add_and_check_at(400, t0 + Duration::from_secs(62)));
+        // Long silence empties it.
+        assert!(!c.add_and_check_at(1, t0 + Duration::from_secs(600)));
     }
 
     #[test]

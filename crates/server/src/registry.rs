@@ -6,7 +6,7 @@
 //! and no socket can slow another down.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::connection::{Control, Outbox};
 use crate::fanout::{Body, Encoded};
-use crate::limits::RateCounter;
+use crate::limits::{ClientRate, RateCounter};
 use crate::presence::PresenceTracker;
 
 /// Identifies one channel instance (one successful join) server-wide.
@@ -48,6 +48,10 @@ pub(crate) struct Subscriber {
     pub(crate) reads_presence: bool,
     /// Ids of stored messages already replayed to it, not to be delivered again live.
     pub(crate) replayed: Option<Arc<HashSet<String>>>,
+    /// Its socket's events budget: every delivery counts against it (see `limits`).
+    pub(crate) rate: Arc<ClientRate>,
+    /// Set once a fan-out found the budget spent and asked the channel to close.
+    pub(crate) closing: Arc<AtomicBool>,
 }
 
 /// One room.
@@ -110,20 +114,26 @@ impl Topic {
     }
 
     /// Fan a message out to every subscriber but `exclude`, counting deliveries against the
-    /// events limit. Returns how many subscribers got it.
+    /// events limit `events` (REST: the tenant's). Returns how many subscribers got it.
     pub(crate) fn broadcast(
         &self,
         body: Body,
         exclude: Option<SubId>,
         events: &RateCounter,
     ) -> usize {
-        self.deliver(body, events, |id, _| Some(id) != exclude)
+        self.deliver(body, Some(events), |id, _| Some(id) != exclude)
+    }
+
+    /// Fan out what a socket pushed: its own budget paid for the push, each receiver's pays
+    /// for its delivery.
+    pub(crate) fn broadcast_from_client(&self, body: Body, exclude: Option<SubId>) -> usize {
+        self.deliver(body, None, |id, _| Some(id) != exclude)
     }
 
     /// Fan out a message stored in the database (`id`), skipping subscribers that already got
     /// it by replay.
     pub(crate) fn broadcast_stored(&self, body: Body, id: &str, events: &RateCounter) -> usize {
-        self.deliver(body, events, |_, sub| {
+        self.deliver(body, Some(events), |_, sub| {
             sub.replayed.as_ref().is_none_or(|r| !r.contains(id))
         })
     }
@@ -131,7 +141,7 @@ impl Topic {
     fn deliver(
         &self,
         body: Body,
-        events: &RateCounter,
+        events: Option<&RateCounter>,
         wanted: impl Fn(SubId, &Subscriber) -> bool,
     ) -> usize {
         let encoded = Encoded::new(body);
@@ -144,14 +154,23 @@ impl Topic {
         if receivers.is_empty() {
             return 0;
         }
-        if events.add_and_check(receivers.len() as u64) {
-            for (id, sub) in receivers {
-                close_channel(id, sub, TOO_MANY_MESSAGES);
-            }
-            return 0;
+        if let Some(events) = events {
+            events.add(receivers.len() as u64);
         }
+        let now = std::time::Instant::now();
         let mut delivered = 0;
-        for (_, sub) in receivers {
+        for (id, sub) in receivers {
+            // A receiver over its socket's budget gets upstream's shutdown instead, once; the
+            // others are not affected.
+            if sub.rate.add_and_check_at(1, now) {
+                if !sub.closing.swap(true, Ordering::AcqRel)
+                    && !close_channel(id, sub, TOO_MANY_MESSAGES)
+                {
+                    // The close could not be queued: the next delivery asks again.
+                    sub.closing.store(false, Ordering::Release);
+                }
+                continue;
+            }
             if let Some(frame) = encoded.frame(sub.serializer) {
                 if sub.outbox.send(frame) {
                     delivered += 1;
@@ -190,7 +209,7 @@ impl Topic {
         }
         if presence_limit.add_and_check(readers as u64) {
             for (id, sub) in subs.iter().filter(|(_, s)| s.reads_presence) {
-                close_channel(*id, sub, TOO_MANY_PRESENCE);
+                let _ = close_channel(*id, sub, TOO_MANY_PRESENCE);
             }
             return;
         }
@@ -207,11 +226,14 @@ impl Topic {
     }
 }
 
-fn close_channel(id: SubId, sub: &Subscriber, message: &'static str) {
-    let _ = sub.control.try_send(Control::CloseChannel {
-        sub: id,
-        message: message.to_owned(),
-    });
+/// Ask a channel's connection to close it; `false` if the request could not be queued.
+fn close_channel(id: SubId, sub: &Subscriber, message: &'static str) -> bool {
+    sub.control
+        .try_send(Control::CloseChannel {
+            sub: id,
+            message: message.to_owned(),
+        })
+        .is_ok()
 }
 
 /// All topics of the server.

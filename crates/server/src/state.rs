@@ -17,10 +17,13 @@ pub(crate) struct AppState {
     pub(crate) config: Config,
     pub(crate) jwt: JwtVerifier,
     pub(crate) registry: Registry,
-    /// Broadcast pushes and deliveries (`max_events_per_second`).
+    /// REST and database broadcasts and their deliveries (`max_events_per_second`); each
+    /// socket's own pushes and deliveries count against its own budget instead.
     pub(crate) events: RateCounter,
     /// Channel joins (`max_joins_per_second`).
     pub(crate) joins: RateCounter,
+    /// postgres_changes deliveries (`max_db_events_per_second`), when limited.
+    pub(crate) db_events: Option<Arc<RateCounter>>,
     /// Presence tracks and diff deliveries (`max_presence_events_per_second`).
     pub(crate) presence_events: RateCounter,
     /// Connections that have at least one channel (`max_concurrent_users`).
@@ -47,6 +50,8 @@ impl AppState {
             events: RateCounter::new(config.max_events_per_second),
             joins: RateCounter::new(config.max_joins_per_second),
             presence_events: RateCounter::new(config.max_presence_events_per_second),
+            db_events: (config.max_db_events_per_second > 0)
+                .then(|| Arc::new(RateCounter::new(config.max_db_events_per_second))),
             users: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),

@@ -508,7 +508,7 @@ async fn two_servers_on_one_database_migrate_once() {
     let sql = db(&url).await;
     let rows = sql.query("SELECT version, count(*) FROM realtime.rs_schema_migrations GROUP BY version ORDER BY version", &[]).await.unwrap();
     let versions: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(versions, vec![(1, 1), (2, 1)]);
+    assert_eq!(versions, vec![(1, 1), (2, 1), (3, 1)]);
     // Both serve private channels.
     for srv in [&a, &b] {
         let mut c = connect(srv, Serializer::V2).await;
@@ -521,4 +521,169 @@ async fn two_servers_on_one_database_migrate_once() {
         )
         .await;
     }
+}
+
+/// `realtime.send_binary`: the bytes reach 2.0.0 subscribers as a binary user broadcast
+/// (kind 4) with the message id, are replayed as binary, and a failed send is a WARNING named
+/// as upstream names it, never an error.
+#[tokio::test]
+async fn send_binary_reaches_subscribers_is_replayed_and_warns_on_failure() {
+    let Some(url) = require_db("send_binary_reaches_subscribers_is_replayed_and_warns_on_failure")
+    else {
+        return;
+    };
+    let srv = server_with_db(&url).await;
+    let topic = unique("allowed-");
+    let token = user("99999999-9999-9999-9999-999999999999");
+    let mut v2 = connect(&srv, Serializer::V2).await;
+    join_private_ok(&mut v2, &topic, "1", &token, json!({})).await;
+    let since = (now() - 60) * 1000;
+    let sql = db(&url).await;
+    let bytes: Vec<u8> = vec![0, 1, 2, 254, 255];
+    sql.execute(
+        "SELECT realtime.send_binary($1, 'bin_event', $2, true)",
+        &[&bytes, &topic],
+    )
+    .await
+    .unwrap();
+    let got = v2.recv().await;
+    let ServerFrame::Binary(ServerBinary::UserBroadcast(u)) = got else {
+        panic!("kind 4 expected: {got:?}")
+    };
+    assert_eq!(u.event, "bin_event");
+    assert_eq!(u.payload, UserPayload::Binary(Bytes::from(bytes.clone())));
+    let meta: Value = serde_json::from_slice(u.metadata.as_ref().unwrap()).unwrap();
+    assert!(meta["id"].is_string(), "metadata carries the id: {meta}");
+
+    // Replayed to a later joiner as binary, marked replayed.
+    let mut late = connect(&srv, Serializer::V2).await;
+    join_private_ok(
+        &mut late,
+        &topic,
+        "1",
+        &token,
+        json!({"broadcast": {"replay": {"since": since}}}),
+    )
+    .await;
+    let got = late.recv().await;
+    let ServerFrame::Binary(ServerBinary::UserBroadcast(r)) = got else {
+        panic!("replayed kind 4 expected: {got:?}")
+    };
+    assert_eq!(r.event, "bin_event");
+    assert_eq!(r.payload, UserPayload::Binary(Bytes::from(bytes)));
+    let meta: Value = serde_json::from_slice(r.metadata.as_ref().unwrap()).unwrap();
+    assert_eq!(meta["replayed"], true);
+
+    // A send the caller may not make (anon has no insert policy) warns and does not raise.
+    let (client, mut conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notice(n)) = m {
+                let _ = tx.send((n.severity().to_owned(), n.message().to_owned()));
+            }
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL ROLE anon; SELECT realtime.send_binary('\\x01'::bytea, 'e', '{topic}', true); COMMIT;"
+        ))
+        .await
+        .unwrap();
+    let (severity, message) = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(severity, "WARNING");
+    assert!(
+        message.starts_with("WarnSendingBroadcastMessage: "),
+        "{message}"
+    );
+    v2.assert_silent(300).await;
+}
+
+/// `broadcast.replication_ready`: once database broadcasts stream, the channel gets upstream's
+/// `system` message, once, after its join reply.
+#[tokio::test]
+async fn replication_ready_is_announced_once_the_stream_is_up() {
+    let Some(url) = require_db("replication_ready_is_announced_once_the_stream_is_up") else {
+        return;
+    };
+    let srv = server_with_db(&url).await;
+    let topic = unique("pub-");
+    let mut c = connect(&srv, Serializer::V2).await;
+    c.join_ok(
+        &format!("realtime:{topic}"),
+        "1",
+        json!({"broadcast": {"replication_ready": true}}),
+    )
+    .await;
+    let m = c.recv_event("system").await;
+    assert_eq!(m.join_ref.as_deref(), Some("1"));
+    assert_eq!(
+        m.payload,
+        json!({"extension": "system", "status": "ok", "message": "Replication connection established", "channel": topic})
+    );
+    c.assert_silent(1200).await;
+}
+
+/// Upstream's on-demand presence authorization: a private channel joined without presence has
+/// its presence read evaluated when it first tracks. Before that it receives no presence; after
+/// it, presence as its policies allow.
+#[tokio::test]
+async fn presence_read_is_authorized_on_demand_at_the_first_track() {
+    let Some(url) = require_db("presence_read_is_authorized_on_demand_at_the_first_track") else {
+        return;
+    };
+    let srv = server_with_db(&url).await;
+    let topic = unique("allowed-");
+    let wire = format!("realtime:{topic}");
+    let (mut quiet, mut tracker) = (
+        connect(&srv, Serializer::V1).await,
+        connect(&srv, Serializer::V1).await,
+    );
+    let token = user("eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee");
+    join_private_ok(&mut quiet, &topic, "1", &token, json!({})).await;
+    join_private_ok(
+        &mut tracker,
+        &topic,
+        "1",
+        &token,
+        json!({"presence": {"enabled": true, "key": "t"}}),
+    )
+    .await;
+    let track = |r: &str, who: &str| {
+        Message::new(
+            Some("1".into()),
+            Some(r.into()),
+            wire.clone(),
+            "presence",
+            json!({"event": "track", "payload": {"who": who}}),
+        )
+    };
+    tracker.send(track("2", "tracker")).await;
+    // The fan-out queues the diff before the reply.
+    tracker.recv_event("presence_diff").await;
+    assert_eq!(
+        tracker.recv_event("phx_reply").await.payload["status"],
+        "ok"
+    );
+    // Presence was not authorized for `quiet`: nothing of it arrives.
+    quiet.assert_silent(400).await;
+    // Its first track authorizes presence read (and write): its own join arrives, and so do
+    // later changes of others.
+    quiet.send(track("3", "quiet")).await;
+    let diff = quiet.recv_event("presence_diff").await;
+    assert_eq!(
+        diff.payload["joins"].as_object().unwrap().len(),
+        1,
+        "{diff:?}"
+    );
+    assert!(diff.payload["joins"].get("t").is_none(), "{diff:?}");
+    assert_eq!(quiet.recv_event("phx_reply").await.payload["status"], "ok");
+    tracker.send(track("4", "tracker-again")).await;
+    let diff = quiet.recv_event("presence_diff").await;
+    assert!(diff.payload["joins"].get("t").is_some(), "{diff:?}");
 }

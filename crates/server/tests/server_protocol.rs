@@ -609,15 +609,15 @@ async fn presence_rate_limit_closes_the_channel() {
 }
 
 #[tokio::test]
-async fn events_limit_closes_receiving_channels() {
+async fn events_limit_shuts_down_the_channel_that_exceeds_it() {
     let mut cfg = config();
-    cfg.max_events_per_second = 1; // 60 events per 60 s window
+    cfg.max_events_per_second = 1; // 60 events per 60 s window, per socket
     let srv = server(cfg).await;
     let mut a = connect(&srv, Serializer::V2).await;
     let mut b = connect(&srv, Serializer::V2).await;
     a.join_ok("realtime:flood", "1", json!({})).await;
     b.join_ok("realtime:flood", "1", json!({})).await;
-    for i in 0..40 {
+    for i in 0..100 {
         a.send(Message::new(
             Some("1".into()),
             None,
@@ -627,9 +627,19 @@ async fn events_limit_closes_receiving_channels() {
         ))
         .await;
     }
-    let sys = b.recv_event("system").await;
-    assert_eq!(sys.payload["message"], "Too many messages per second");
-    assert_eq!(b.recv_event("phx_close").await.event, "phx_close");
+    // The sender is told, with upstream's shutdown, and its channel closes.
+    let sys = a.recv_event("system").await;
+    assert_eq!(
+        sys.payload,
+        json!({"extension": "system", "status": "error", "message": "Too many messages per second", "channel": "flood"})
+    );
+    assert_eq!(a.recv_event("phx_close").await.event, "phx_close");
+    // The receiver got what was sent within the sender's budget, and stays joined.
+    for i in 0..60 {
+        let m = b.recv_event("broadcast").await;
+        assert_eq!(m.payload["payload"]["i"], i);
+    }
+    b.assert_silent(300).await;
 }
 
 #[tokio::test]
@@ -841,4 +851,84 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_flowing() {
     );
     // The server is fine: the sender's socket still answers.
     sender.heartbeat("77").await;
+}
+
+#[tokio::test]
+async fn private_only_refuses_public_joins_with_upstreams_reason() {
+    let mut cfg = config();
+    cfg.private_only = true;
+    let srv = server(cfg).await;
+    let mut c = connect(&srv, Serializer::V1).await;
+    for payload in [json!({"config": {}}), json!({})] {
+        let r = c.join("realtime:open", "1", payload).await;
+        assert_eq!(r.payload["status"], "error");
+        assert_eq!(
+            r.payload["response"]["reason"],
+            "PrivateOnly: This project only allows private channels"
+        );
+    }
+    let r = c
+        .join(
+            "realtime:closed",
+            "2",
+            json!({"config": {"private": true}, "access_token": token("service_role", 60)}),
+        )
+        .await;
+    assert_eq!(r.payload["status"], "ok", "{r:?}");
+}
+
+#[tokio::test]
+async fn replication_ready_without_a_database_shuts_the_channel_down() {
+    let srv = server(config()).await;
+    let mut c = connect(&srv, Serializer::V2).await;
+    c.join_ok(
+        "realtime:ready",
+        "1",
+        json!({"broadcast": {"replication_ready": true}}),
+    )
+    .await;
+    let m = c.recv_event("system").await;
+    assert_eq!(
+        m.payload,
+        json!({"extension": "system", "status": "error", "message": "Replication connection was not established in time", "channel": "ready"})
+    );
+    assert_eq!(
+        c.recv_event("phx_close").await.join_ref.as_deref(),
+        Some("1")
+    );
+    // Without the flag nothing is said.
+    c.join_ok("realtime:quiet", "2", json!({})).await;
+    c.assert_silent(700).await;
+}
+
+#[tokio::test]
+async fn replication_ready_times_out_while_the_database_is_unreachable() {
+    let mut cfg = config();
+    // Nothing listens there: the database broadcast stream never comes up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.database_url = Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    cfg.replication_ready_timeout_ms = 1_200;
+    let srv = server(cfg).await;
+    let mut c = connect(&srv, Serializer::V2).await;
+    c.join_ok(
+        "realtime:waiting",
+        "1",
+        json!({"broadcast": {"replication_ready": true}}),
+    )
+    .await;
+    // Checked every 500 ms: nothing is said until the timeout.
+    c.assert_silent(800).await;
+    let m = c.recv_event("system").await;
+    assert_eq!(
+        m.payload,
+        json!({"extension": "system", "status": "error", "message": "Replication connection was not established in time", "channel": "waiting"})
+    );
+    assert_eq!(
+        c.recv_event("phx_close").await.join_ref.as_deref(),
+        Some("1")
+    );
 }

@@ -32,6 +32,10 @@ pub(crate) struct Channel {
     /// until the token changes.
     pub(crate) may_broadcast: Option<bool>,
     pub(crate) may_track: Option<bool>,
+    /// Whether presence read was evaluated: always on public channels; on private ones at
+    /// join when presence was enabled, else on the first track (upstream's on-demand check).
+    /// Until then the channel receives no presence.
+    pub(crate) presence_read_checked: bool,
 }
 
 impl Channel {

@@ -1,7 +1,7 @@
 //! The join pipeline, in upstream's order (PROTOCOL.md §4.2), and token expiry.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ const MAX_TOKEN_CHECK: Duration = Duration::from_secs(300);
 pub(crate) fn unauthorized_read(name: &str) -> String {
     format!("Unauthorized: You do not have permissions to read from this Channel topic: {name}")
 }
+
+/// The refusal of a public join when the server allows only private channels.
+pub(crate) const PRIVATE_ONLY: &str = "PrivateOnly: This project only allows private channels";
 
 enum Refusal {
     /// Reply with this reason after the error backoff.
@@ -70,6 +73,9 @@ impl Connection {
         }
         let legacy = payload.config.is_none();
         let config = payload.config.unwrap_or_default();
+        if state.config.private_only && !config.private {
+            return Err(Refusal::Reply(PRIVATE_ONLY.into()));
+        }
 
         if self.channels.is_empty()
             && state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users
@@ -98,8 +104,11 @@ impl Connection {
             .verify(&token)
             .map_err(|e: JwtError| Refusal::Reply(e.join_reason()))?;
 
+        // Upstream evaluates presence read at join only when presence is enabled; otherwise
+        // on demand, when the channel first tracks (see `authorize_presence_on_demand`).
         let access = if config.private {
-            self.authorize_read(name, &claims).await?
+            self.authorize_read(name, &claims, config.presence_enabled)
+                .await?
         } else {
             ReadAccess {
                 broadcast: true,
@@ -158,6 +167,8 @@ impl Connection {
             serializer: self.serializer,
             reads_broadcast: access.broadcast,
             reads_presence: access.presence,
+            rate: self.rate.clone(),
+            closing: Arc::new(AtomicBool::new(false)),
             replayed: (!replayed.is_empty()).then(|| {
                 Arc::new(
                     replayed
@@ -172,15 +183,16 @@ impl Connection {
         let outbox = self.outbox.clone();
         let join_ref = m.join_ref.clone();
         let presence_enabled = config.presence_enabled && access.presence;
+        let presence_read_checked = !config.private || config.presence_enabled;
         let topic = state.registry.with_topic(&key, |topic| {
             topic.add(sub, subscriber, |presence| {
-                outbox.send(to_ws(serializer.encode_server_message(&reply)));
+                outbox.reply(to_ws(serializer.encode_server_message(&reply)));
                 for frame in replay_frames {
-                    outbox.send(frame);
+                    outbox.reply(frame);
                 }
                 if presence_enabled {
                     state.presence_events.add(1);
-                    outbox.send(to_ws(serializer.encode_server_message(
+                    outbox.reply(to_ws(serializer.encode_server_message(
                         &Message::channel_push(
                             join_ref.clone(),
                             m.topic.clone(),
@@ -195,8 +207,12 @@ impl Connection {
         if self.channels.is_empty() {
             state.users.fetch_add(1, Ordering::SeqCst);
         }
-        let postgres = (!config.postgres_changes.is_empty())
-            .then(|| self.subscribe_postgres(&m.topic, name, &join_ref, &config, &claims));
+        let postgres = if legacy {
+            self.subscribe_legacy_postgres(&m.topic, name, &join_ref, &claims)
+        } else {
+            (!config.postgres_changes.is_empty())
+                .then(|| self.subscribe_postgres(&m.topic, name, &join_ref, &config, &claims))
+        };
         self.channels.insert(
             m.topic.clone(),
             Channel {
@@ -216,23 +232,39 @@ impl Connection {
                 access,
                 may_broadcast: None,
                 may_track: None,
+                presence_read_checked,
             },
         );
         self.arm_token_check(&m.topic);
+        if let Some(channel) = self.channels.get(&m.topic) {
+            if channel.config.replication_ready {
+                super::readiness::watch(
+                    state.database.clone(),
+                    sub,
+                    Duration::from_millis(state.config.replication_ready_timeout_ms),
+                    self.control.clone(),
+                );
+            }
+        }
         tracing::debug!(conn = self.id, topic = %m.topic, sub, "joined");
         Ok(())
     }
 
     /// The read check of a private channel: RLS on `realtime.messages` with a database; without
     /// one there are no policies, so only roles that bypass RLS may read.
-    async fn authorize_read(&self, name: &str, claims: &Claims) -> Result<ReadAccess, Refusal> {
+    async fn authorize_read(
+        &self,
+        name: &str,
+        claims: &Claims,
+        presence: bool,
+    ) -> Result<ReadAccess, Refusal> {
         match &self.state.database {
             None if may_use_private_channel(claims) => Ok(ReadAccess {
                 broadcast: true,
                 presence: true,
             }),
             None => Err(Refusal::Reply(unauthorized_read(name))),
-            Some(db) => match db.read_access(name, claims, true).await {
+            Some(db) => match db.read_access(name, claims, presence).await {
                 Ok(access) if access.broadcast || access.presence => Ok(access),
                 Ok(_) => Err(Refusal::Reply(unauthorized_read(name))),
                 Err(e) => {
@@ -249,10 +281,13 @@ impl Connection {
         let reply = Message::reply_to(m, Status::Error, json!({"reason": reason}));
         let frame = to_ws(self.serializer.encode_server_message(&reply));
         let outbox = self.outbox.clone();
+        // Counted as queued from now: a client pipelining refused joins is pushed back instead
+        // of piling up sleeping replies.
+        let room = self.outbox.reserve_reply();
         let delay = self.state.config.channel_error_backoff();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            outbox.send(frame);
+            room.send(frame);
             if close {
                 outbox.close(close_code::GOING_AWAY, "too many joins per second");
             }
@@ -306,6 +341,7 @@ impl Connection {
             };
             outbox.send(to_ws(frame));
         });
+        let sink = self.limit_db_events(sink, name);
         self.state.feed.subscribe(SubscribeRequest {
             topic: name.to_owned(),
             claims: Value::Object(claims.raw.clone()),
@@ -369,7 +405,12 @@ fn with_ids(items: &[Value]) -> Value {
     )
 }
 
-fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: FeedEvent) -> Message {
+pub(super) fn feed_message(
+    wire_topic: &str,
+    name: &str,
+    join_ref: &Option<String>,
+    ev: FeedEvent,
+) -> Message {
     match ev {
         FeedEvent::Subscribed => Message::channel_push(
             join_ref.clone(),

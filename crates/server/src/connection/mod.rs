@@ -3,12 +3,17 @@
 //! The read loop is the only owner of the connection's channel map, so channel state needs no
 //! lock. Other tasks reach it through [`Control`] messages (a fan-out that must close a
 //! channel, a token expiry timer). Everything the loop does per frame is synchronous: replies
-//! and pushes go into the bounded [`Outbox`]; nothing awaits another socket.
+//! and pushes go into the bounded [`Outbox`]; nothing awaits another socket. The loop reads
+//! the next frame only while its replies have room, so a client that pipelines requests is
+//! pushed back by TCP instead of being closed as a slow consumer.
 
 mod channel;
+mod db_events;
 mod join;
+mod legacy;
 mod outbox;
 mod push;
+mod readiness;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -27,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Claims;
 use crate::fanout::to_ws;
+use crate::limits::ClientRate;
 use crate::registry::SubId;
 use crate::state::AppState;
 
@@ -41,6 +47,8 @@ pub(crate) enum Control {
     CloseChannel { sub: SubId, message: String },
     /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
     TokenCheck { sub: SubId, generation: u64 },
+    /// The database broadcast stream is up: tell channel `sub` (`broadcast.replication_ready`).
+    ReplicationReady { sub: SubId },
 }
 
 /// How the socket authenticated.
@@ -62,6 +70,8 @@ pub(crate) struct Connection {
     claims: Claims,
     /// Joined channels by wire topic.
     channels: HashMap<String, Channel>,
+    /// This socket's events budget (pushes and deliveries), shared with its subscriptions.
+    rate: Arc<ClientRate>,
 }
 
 /// Serve one upgraded socket until it closes.
@@ -89,6 +99,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
         token: info.token,
         claims: info.claims,
         channels: HashMap::new(),
+        rate: Arc::new(ClientRate::new(state.config.max_events_per_second)),
     };
     tracing::debug!(conn = id, vsn = info.serializer.vsn(), role = %conn.claims.role, "socket connected");
     let deadline = tokio::time::sleep(idle);
@@ -103,7 +114,12 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
                 conn.outbox.close(1000, "idle timeout");
                 break "idle timeout";
             }
-            frame = stream.next() => match frame {
+            // The socket's replies have no room: stop reading it until the writer gets on
+            // (TCP then pushes back on the client). Writing progress shows the peer is alive.
+            _ = conn.outbox.reply_room(), if !conn.outbox.has_reply_room() => {
+                deadline.as_mut().reset(Instant::now() + idle);
+            }
+            frame = stream.next(), if conn.outbox.has_reply_room() => match frame {
                 Some(Ok(frame)) => {
                     deadline.as_mut().reset(Instant::now() + idle);
                     if !conn.on_frame(frame).await {
@@ -111,6 +127,11 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
                     }
                 }
                 Some(Err(e)) => {
+                    if is_invalid_utf8(&e) {
+                        tracing::info!(conn = id, "text frame is not UTF-8: closing with 1007");
+                        conn.outbox.close(close_code::INVALID_PAYLOAD, "invalid UTF-8");
+                        break "invalid UTF-8";
+                    }
                     tracing::info!(conn = id, error = %e, "socket read failed");
                     break "read error";
                 }
@@ -129,6 +150,14 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
         abort.abort();
     }
     state.connections.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Whether a read failed because a text frame (or close reason) was not UTF-8.
+fn is_invalid_utf8(e: &axum::Error) -> bool {
+    matches!(
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Utf8(_))
+    )
 }
 
 impl Connection {
@@ -202,7 +231,7 @@ impl Connection {
             other => {
                 // Upstream logs unknown events and counts them against the events limit.
                 tracing::info!(conn = self.id, topic = %m.topic, event = other, "unknown event ignored");
-                self.state.events.add(1);
+                self.spend(&m.topic);
             }
         }
     }
@@ -215,6 +244,7 @@ impl Connection {
                 }
             }
             Control::TokenCheck { sub, generation } => self.token_check(sub, generation),
+            Control::ReplicationReady { sub } => self.replication_ready(sub),
         }
     }
 
@@ -225,10 +255,11 @@ impl Connection {
             .map(|(t, _)| t.clone())
     }
 
-    /// Queue a message for this socket.
+    /// Queue a message for this socket: the read loop's own output (replies, and system
+    /// messages it decides on), which is backpressure, never a slow consumer.
     fn push(&self, m: &Message) {
         self.outbox
-            .send(to_ws(self.serializer.encode_server_message(m)));
+            .reply(to_ws(self.serializer.encode_server_message(m)));
     }
 
     fn reply(&self, to: &Message, status: Status, response: Value) {

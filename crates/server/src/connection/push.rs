@@ -9,6 +9,7 @@ use super::Connection;
 use crate::auth::Claims;
 use crate::database::authorization::{Extension, ReadAccess};
 use crate::fanout::Body;
+use crate::registry::TOO_MANY_MESSAGES;
 
 /// The broadcast ack error; upstream sends it as a bare JSON string.
 const PAYLOAD_SIZE_EXCEEDED: &str = "payload_size_exceeded";
@@ -27,10 +28,12 @@ impl Connection {
         if !self.may_write(&m.topic, Extension::Broadcast).await {
             return;
         }
+        if !self.channels.contains_key(&m.topic) || !self.spend(&m.topic) {
+            return;
+        }
         let Some(channel) = self.channels.get(&m.topic) else {
             return;
         };
-        self.state.events.add(1);
         let ack = channel.config.broadcast_ack;
         if self.oversized(frame_len, &m.payload) {
             if ack {
@@ -42,10 +45,9 @@ impl Connection {
         let topic = channel.topic.clone();
         let ack_reply = ack.then(|| Message::reply_to(&m, Status::Ok, json!({})));
         // The client's map is forwarded as it came (extra keys survive), as upstream does.
-        topic.broadcast(
+        topic.broadcast_from_client(
             Body::Json(Message::fanout(m.topic, event::BROADCAST, m.payload)),
             exclude,
-            &self.state.events,
         );
         if let Some(reply) = ack_reply {
             self.push(&reply);
@@ -74,7 +76,12 @@ impl Connection {
                 return;
             }
         }
-        self.state.events.add(1);
+        if !self.spend(&b.topic) {
+            return;
+        }
+        let Some(channel) = self.channels.get(&b.topic) else {
+            return;
+        };
         let ack = channel.config.broadcast_ack;
         let as_reply_target = Message::new(
             b.join_ref.clone(),
@@ -110,7 +117,7 @@ impl Connection {
             metadata: None,
             payload: b.payload,
         };
-        topic.broadcast(Body::User(delivery), exclude, &self.state.events);
+        topic.broadcast_from_client(Body::User(delivery), exclude);
         if ack {
             self.reply(&as_reply_target, Status::Ok, json!({}));
         }
@@ -118,25 +125,40 @@ impl Connection {
 
     /// A kind-0 binary push. Only `broadcast` means anything: it is fanned out as kind 2.
     pub(super) fn on_binary_push(&mut self, p: BinaryPush, frame_len: usize) {
-        let Some(channel) = self.channels.get(&p.topic) else {
+        if !self.channels.contains_key(&p.topic) {
             return;
-        };
+        }
         if p.event != event::BROADCAST || frame_len > self.state.config.max_payload_bytes() {
             tracing::info!(conn = self.id, topic = %p.topic, event = %p.event, "binary push ignored");
             return;
         }
-        self.state.events.add(1);
+        if !self.spend(&p.topic) {
+            return;
+        }
+        let Some(channel) = self.channels.get(&p.topic) else {
+            return;
+        };
         let exclude = (!channel.config.broadcast_self).then_some(channel.sub);
         let topic = channel.topic.clone();
-        topic.broadcast(
+        topic.broadcast_from_client(
             Body::Opaque {
                 topic: p.topic,
                 event: p.event,
                 data: p.data,
             },
             exclude,
-            &self.state.events,
         );
+    }
+
+    /// Count one push against the socket's events budget. Over it, the channel gets
+    /// upstream's shutdown ("Too many messages per second") and the push goes nowhere, so the
+    /// client that exceeds the limit is the one that pays for it.
+    pub(super) fn spend(&mut self, topic: &str) -> bool {
+        if self.rate.add_and_check(1) {
+            self.close_channel(topic, TOO_MANY_MESSAGES);
+            return false;
+        }
+        true
     }
 
     pub(super) async fn presence(&mut self, m: &Message, frame_len: usize) {
@@ -162,6 +184,10 @@ impl Connection {
         }
         if self.state.presence_events.add_and_check(1) {
             self.close_channel(&m.topic, "Too many presence messages per second");
+            return;
+        }
+        if event == "track" && !self.authorize_presence_on_demand(&m.topic).await {
+            self.reply(m, Status::Error, json!({}));
             return;
         }
         if !self.may_write(&m.topic, Extension::Presence).await {
@@ -224,8 +250,9 @@ impl Connection {
             }
         };
         let (private, name) = (channel.config.private, channel.name().to_owned());
+        let presence_checked = channel.presence_read_checked;
         let access = if private {
-            match self.reauthorize(&name, &claims).await {
+            match self.reauthorize(&name, &claims, presence_checked).await {
                 Some(access) => Some(access),
                 None => {
                     self.close_channel(
@@ -261,13 +288,13 @@ impl Connection {
     }
 
     /// Read access with new claims; `None` when nothing may be read any more.
-    async fn reauthorize(&self, name: &str, claims: &Claims) -> Option<ReadAccess> {
+    async fn reauthorize(&self, name: &str, claims: &Claims, presence: bool) -> Option<ReadAccess> {
         match &self.state.database {
             None => may_use_private_channel(claims).then_some(ReadAccess {
                 broadcast: true,
                 presence: true,
             }),
-            Some(db) => match db.read_access(name, claims, true).await {
+            Some(db) => match db.read_access(name, claims, presence).await {
                 Ok(a) if a.broadcast || a.presence => Some(a),
                 Ok(_) => None,
                 Err(e) => {
@@ -276,6 +303,37 @@ impl Connection {
                 }
             },
         }
+    }
+
+    /// A private channel joined without presence evaluates presence read when it first
+    /// tracks, as upstream does, and from then on receives presence if allowed. `false` when
+    /// the check itself failed (the track is refused; the next one asks again).
+    async fn authorize_presence_on_demand(&mut self, topic: &str) -> bool {
+        let Some(channel) = self.channels.get(topic) else {
+            return false;
+        };
+        if channel.presence_read_checked {
+            return true;
+        }
+        let presence = match &self.state.database {
+            None => may_use_private_channel(&channel.claims),
+            Some(db) => match db.read_access(channel.name(), &channel.claims, true).await {
+                Ok(access) => access.presence,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "presence read authorization failed");
+                    return false;
+                }
+            },
+        };
+        let Some(channel) = self.channels.get_mut(topic) else {
+            return false;
+        };
+        channel.presence_read_checked = true;
+        channel.access.presence = presence;
+        channel
+            .topic
+            .set_access(channel.sub, channel.access.broadcast, presence);
+        true
     }
 
     /// Whether this channel may write `extension` messages: always on public channels; on

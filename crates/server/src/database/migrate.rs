@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "realtime_messages",
         include_str!("migrations/0002_realtime_messages.sql"),
     ),
+    (
+        3,
+        "send_binary",
+        include_str!("migrations/0003_send_binary.sql"),
+    ),
 ];
 
 /// Apply what is missing. Returns the versions applied by this call.

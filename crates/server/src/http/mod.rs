@@ -2,7 +2,10 @@
 //! the `/realtime/v1` prefix that Supabase's API gateway (and so every client) uses.
 
 mod rest;
+mod serve;
 mod websocket;
+
+pub(crate) use serve::serve;
 
 use std::sync::Arc;
 
