@@ -71,6 +71,10 @@ struct Cli {
     /// Override the number of presence clients (1,000 in a full run).
     #[arg(long)]
     presence_clients: Option<usize>,
+    /// Run the postgres scenario against this server binary too (before the one measured),
+    /// e.g. a build of the previous commit: the report shows both and their ratio.
+    #[arg(long)]
+    pg_reference_bin: Option<PathBuf>,
     /// A note put at the top of the report (e.g. the load when the run started).
     #[arg(long, default_value = "")]
     note: String,
@@ -147,6 +151,8 @@ pub struct Results {
     pub conns_server: Option<Result<conns::ConnsResult, String>>,
     pub python: Option<Result<python::PyResult, String>>,
     pub pg: Option<Result<pg::PgResult, String>>,
+    /// The postgres scenario against `--pg-reference-bin`.
+    pub pg_reference: Option<Result<pg::PgResult, String>>,
     pub presence: Option<Result<presence::PresenceResult, String>>,
     pub perf: Option<String>,
     pub load_before: String,
@@ -181,6 +187,17 @@ impl Ctx {
     }
 
     async fn server(&self, extra: &[String], env: &[(&str, String)], tag: &str) -> Res<Proc> {
+        let bin = self.cli.server_bin.clone();
+        self.server_from(&bin, extra, env, tag).await
+    }
+
+    async fn server_from(
+        &self,
+        bin: &std::path::Path,
+        extra: &[String],
+        env: &[(&str, String)],
+        tag: &str,
+    ) -> Res<Proc> {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = [
             "serve",
@@ -213,7 +230,7 @@ impl Ctx {
         }
         let p = Proc::start(
             "server",
-            &self.cli.server_bin,
+            bin,
             &args,
             env,
             addr,
@@ -412,8 +429,23 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         steps += 1;
     }
     if ctx.wants("postgres") {
-        steps += 1;
+        bar.set_message("postgres_changes");
+        if let Some(reference) = ctx.cli.pg_reference_bin.clone() {
+            // the same scenario against another build (e.g. the previous release), first
+            let res = run_postgres(ctx, &reference, &s, r, bar).await;
+            crate::say(
+                bar,
+                format!("postgres (reference build): {}", pg_summary(&res)),
+            );
+            r.pg_reference = Some(res);
+        }
+        let bin = ctx.cli.server_bin.clone();
+        let res = run_postgres(ctx, &bin, &s, r, bar).await;
+        crate::say(bar, format!("postgres: {}", pg_summary(&res)));
+        r.pg = Some(res);
+        bar.inc(1);
     }
+
     if ctx.wants("presence") {
         steps += 1;
     }
@@ -658,4 +690,72 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         r.presence = Some(fmt_err(res));
         bar.inc(1);
     }
+}
+
+fn pg_summary(r: &Result<pg::PgResult, String>) -> String {
+    match r {
+        Ok(p) => format!(
+            "commit->callback p50 {:.2} ms p99 {:.2} ms; {:.0} changes/s; paced {:.0}/s p99 {:.2} ms; realtime.send p50 {:.2} ms",
+            p.latency.p50, p.latency.p99, p.changes_per_sec, p.paced_rate, p.paced_latency.p99, p.dbb_latency.p50
+        ),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// The postgres_changes / database broadcast scenario against the server binary `bin`.
+async fn run_postgres(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    s: &Sizes,
+    r: &mut Results,
+    bar: &ProgressBar,
+) -> Result<pg::PgResult, String> {
+    let Some(url) = &ctx.cli.database_url else {
+        return Err("n/a (no DATABASE_URL: start one with scripts/postgres.sh)".into());
+    };
+    let res: Res<pg::PgResult> = async {
+        let slot = format!("bench_slot_{}", std::process::id());
+        let publication = "bench_pub";
+        pg::prepare(url, publication).await?;
+        let mut proc = ctx
+            .server_from(
+                bin,
+                &[
+                    "--database-url".into(),
+                    url.clone(),
+                    "--slot-name".into(),
+                    slot.clone(),
+                    "--publication".into(),
+                    publication.into(),
+                ],
+                &[("REALTIME_PG_RESUME_GRACE_MS", "0".into())],
+                "postgres",
+            )
+            .await?;
+        pg::wait_healthy(&proc.addr).await?;
+        pg::policy(url).await?;
+        let perf = ctx.perf_start("postgres", proc.pid());
+        let out = pg::run(&proc, url, s.pg_latency, s.pg_changes, s.pg_subs, bar).await;
+        ctx.perf_stop("postgres", perf, r);
+        proc.stop();
+        let cleanup = std::process::Command::new(bin)
+            .args([
+                "cleanup-postgres",
+                "--database-url",
+                url,
+                "--slot-name",
+                &slot,
+                "--publication",
+                publication,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(cleanup, Ok(st) if st.success()) {
+            crate::say(bar, format!("warning: could not drop slot {slot}"));
+        }
+        out
+    }
+    .await;
+    fmt_err(res)
 }

@@ -27,6 +27,7 @@ mod database;
 mod fanout;
 mod http;
 mod limits;
+mod metrics;
 pub mod postgres;
 mod presence;
 mod registry;
@@ -60,8 +61,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::new());
         let feed = match &config.database_url {
-            Some(url) => ChangeFeed::start(
+            Some(url) => ChangeFeed::start_measured(
                 PostgresConfig {
                     publication: config.publication.clone(),
                     slot_name: config.slot_name.clone(),
@@ -70,6 +72,7 @@ impl Server {
                     ..PostgresConfig::new(url.clone())
                 },
                 shutdown.clone(),
+                metrics.clone(),
             ),
             None => ChangeFeed::disabled(),
         };
@@ -85,6 +88,7 @@ impl Server {
             shutdown.clone(),
             feed,
             database.clone(),
+            metrics,
         ));
         if let Some(db) = database {
             tokio::spawn(database::broadcast_stream::run(

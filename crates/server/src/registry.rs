@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::connection::{Control, Outbox};
 use crate::fanout::{Body, Encoded};
 use crate::limits::RateCounter;
+use crate::metrics::Metrics;
 use crate::presence::PresenceTracker;
 
 /// Identifies one channel instance (one successful join) server-wide.
@@ -56,6 +57,7 @@ pub(crate) struct Topic {
     pub(crate) key: TopicKey,
     subs: RwLock<HashMap<SubId, Subscriber>>,
     presence: Mutex<PresenceTracker>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a receiving channel is being closed by a fan-out.
@@ -63,11 +65,12 @@ pub(crate) const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 pub(crate) const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
 
 impl Topic {
-    fn new(key: TopicKey) -> Self {
+    fn new(key: TopicKey, metrics: Arc<Metrics>) -> Self {
         Topic {
             key,
             subs: RwLock::new(HashMap::new()),
             presence: Mutex::new(PresenceTracker::default()),
+            metrics,
         }
     }
 
@@ -158,6 +161,7 @@ impl Topic {
                 }
             }
         }
+        self.metrics.messages_out("broadcast", delivered as u64);
         delivered
     }
 
@@ -199,11 +203,13 @@ impl Topic {
             event::PRESENCE_DIFF,
             diff.to_wire(),
         )));
+        let mut sent = 0;
         for sub in subs.values().filter(|s| s.reads_presence) {
             if let Some(frame) = encoded.frame(sub.serializer) {
-                sub.outbox.send(frame);
+                sent += u64::from(sub.outbox.send(frame));
             }
         }
+        self.metrics.messages_out("presence_diff", sent);
     }
 }
 
@@ -215,12 +221,20 @@ fn close_channel(id: SubId, sub: &Subscriber, message: &'static str) {
 }
 
 /// All topics of the server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     topics: RwLock<HashMap<TopicKey, Arc<Topic>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            topics: RwLock::new(HashMap::new()),
+            metrics,
+        }
+    }
+
     /// Run `f` with the topic for `key`, creating it if needed. The registry's read lock is
     /// held meanwhile, so a concurrent [`Registry::release`] cannot drop the topic under us.
     pub(crate) fn with_topic<R>(&self, key: &TopicKey, f: impl FnOnce(&Arc<Topic>) -> R) -> R {
@@ -233,7 +247,7 @@ impl Registry {
         let mut topics = self.topics.write();
         let t = topics
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Topic::new(key.clone())))
+            .or_insert_with(|| Arc::new(Topic::new(key.clone(), self.metrics.clone())))
             .clone();
         let topics = parking_lot::RwLockWriteGuard::downgrade(topics);
         let r = f(&t);

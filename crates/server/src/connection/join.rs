@@ -195,6 +195,7 @@ impl Connection {
         if self.channels.is_empty() {
             state.users.fetch_add(1, Ordering::SeqCst);
         }
+        state.metrics.channel_opened(key.private);
         let postgres = (!config.postgres_changes.is_empty())
             .then(|| self.subscribe_postgres(&m.topic, name, &join_ref, &config, &claims));
         self.channels.insert(
@@ -246,6 +247,7 @@ impl Connection {
     /// Answer a refused join after upstream's backoff, without holding up this socket.
     fn refuse(&self, m: &Message, reason: String, close: bool) {
         tracing::info!(conn = self.id, topic = %m.topic, %reason, "join refused");
+        self.state.metrics.join_refused(&reason);
         let reply = Message::reply_to(m, Status::Error, json!({"reason": reason}));
         let frame = to_ws(self.serializer.encode_server_message(&reply));
         let outbox = self.outbox.clone();
@@ -280,9 +282,14 @@ impl Connection {
         let wire_topic = wire_topic.to_owned();
         let channel_name = name.to_owned();
         let join_ref = join_ref.clone();
+        let metrics = self.state.metrics.clone();
         // Changes go straight to the socket's queue: the feed never waits on this connection,
         // and the slow-consumer policy applies as for any other fan-out.
         let sink = Arc::new(move |ev: FeedEvent| {
+            let kind = match ev {
+                FeedEvent::Change { .. } => "postgres_changes",
+                _ => "system",
+            };
             let frame = match ev {
                 // The change's JSON was made once for every channel it goes to; only the ids
                 // differ per channel. Keys in upstream's (sorted) order: data, ids.
@@ -304,7 +311,9 @@ impl Connection {
                     ev,
                 )),
             };
-            outbox.send(to_ws(frame));
+            if outbox.send(to_ws(frame)) {
+                metrics.messages_out(kind, 1);
+            }
         });
         self.state.feed.subscribe(SubscribeRequest {
             topic: name.to_owned(),

@@ -77,6 +77,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
         id,
         closer.clone(),
         state.shutdown.clone(),
+        state.metrics.clone(),
     );
     let (control, mut control_rx) = mpsc::channel(1024);
     let idle = Duration::from_millis(state.config.idle_timeout_ms);
@@ -152,7 +153,10 @@ impl Connection {
         };
         match decoded {
             Ok((ClientFrame::Message(m), len)) => self.on_message(m, len).await,
-            Ok((ClientFrame::UserBroadcast(b), len)) => self.on_user_broadcast(b, len).await,
+            Ok((ClientFrame::UserBroadcast(b), len)) => {
+                self.state.metrics.message_in("broadcast");
+                self.on_user_broadcast(b, len).await
+            }
             Ok((ClientFrame::BinaryPush(p), len)) => self.on_binary_push(p, len),
             Err(e) => {
                 // Upstream logs and drops malformed frames; the socket stays open.
@@ -163,6 +167,7 @@ impl Connection {
     }
 
     async fn on_message(&mut self, m: Message, frame_len: usize) {
+        self.state.metrics.message_in(&m.event);
         if m.topic == PHOENIX_TOPIC {
             if m.event == event::HEARTBEAT {
                 self.reply(&m, Status::Ok, json!({}));
@@ -244,6 +249,7 @@ impl Connection {
     /// Remove a channel from its topic (its presence leaves) and from this connection.
     fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
         let channel = self.channels.remove(topic)?;
+        self.state.metrics.channel_closed(channel.topic.key.private);
         channel
             .topic
             .remove(channel.sub, &self.state.presence_events);

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
+use crate::metrics::Metrics;
 
 /// A frame for the writer.
 #[derive(Debug)]
@@ -46,6 +47,7 @@ pub(crate) struct Outbox {
     policy: SlowConsumerPolicy,
     conn_id: u64,
     dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbox {
@@ -58,6 +60,7 @@ impl Outbox {
                 match self.policy {
                     SlowConsumerPolicy::Disconnect => {
                         if !self.closer.is_cancelled() {
+                            self.metrics.slow_consumer_disconnect();
                             tracing::warn!(
                                 conn = self.conn_id,
                                 "slow consumer: outgoing queue full, closing the socket"
@@ -66,6 +69,7 @@ impl Outbox {
                         }
                     }
                     SlowConsumerPolicy::Drop => {
+                        self.metrics.slow_consumer_drop();
                         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                         if n.is_power_of_two() {
                             tracing::warn!(
@@ -97,6 +101,7 @@ pub(crate) fn spawn_writer(
     conn_id: u64,
     closer: CancellationToken,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let outbox = Outbox {
@@ -105,6 +110,7 @@ pub(crate) fn spawn_writer(
         policy,
         conn_id,
         dropped: Arc::new(AtomicU64::new(0)),
+        metrics,
     };
     let handle = tokio::spawn(writer(sink, rx, closer, shutdown));
     (outbox, handle)

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Database;
 use crate::fanout::Body;
+use crate::metrics::Stream;
 use crate::postgres::pgoutput::{self, Datum, Message, Relation};
 use crate::postgres::replication::{quote_ident, ConnParams, ReplMessage, ReplicationConnection};
 use crate::registry::TopicKey;
@@ -95,12 +96,14 @@ async fn session(
 
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut confirmed = 0u64;
+    let mut commit_ts = 0i64;
     let mut status = tokio::time::interval(Duration::from_secs(10));
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = status.tick() => {
                 repl.send_status(confirmed, false).await.map_err(|e| e.to_string())?;
+                state.metrics.replication_confirmed(Stream::DatabaseBroadcast, confirmed, 0);
                 continue;
             }
             m = repl.next() => m.map_err(|e| e.to_string())?,
@@ -114,9 +117,11 @@ async fn session(
                     if let Some(r) = relations.get(&rel) {
                         if r.schema == "realtime" && r.table.starts_with("messages") {
                             deliver(state, r, &new);
+                            state.metrics.database_broadcast(commit_ts);
                         }
                     }
                 }
+                Ok(Message::Begin { commit_ts: ts, .. }) => commit_ts = ts,
                 Ok(Message::Commit { end_lsn, .. }) => confirmed = confirmed.max(end_lsn),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "undecodable replication message skipped"),

@@ -18,20 +18,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{self, TableInfo};
-use super::dispatch::{self, Change, DispatchCache};
+use super::dispatch::{self, Change, DispatchCache, Prepared};
 use super::pgoutput::{self, Message, Relation};
 use super::registry::{Registry, SubEntry, SubState};
 use super::replication::{format_lsn, ConnParams, ReplError, ReplMessage, ReplicationConnection};
+use super::rls;
 use super::setup;
 use super::subscribe::{self, Action, CompileCtx};
 use super::types::Kind;
 use super::{FeedEvent, PostgresConfig};
+use crate::metrics::{Metrics, Stream};
 
 /// What channels are told when the database cannot be reached (upstream's text for a tenant
 /// database it cannot connect to).
@@ -69,20 +73,25 @@ pub(crate) struct Shared {
     pub(crate) cfg: PostgresConfig,
     pub(crate) registry: RwLock<Registry>,
     pub(crate) next_id: AtomicU64,
+    /// End of the last transaction handed to every sink (0: none yet in this process).
+    delivered_lsn: AtomicU64,
     pub(crate) phase: Mutex<Phase>,
     compile: tokio::sync::Mutex<CompileCaches>,
+    pub(crate) metrics: Arc<Metrics>,
     status: Mutex<StatusInfo>,
     started: Instant,
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: PostgresConfig) -> Arc<Shared> {
+    pub(crate) fn new(cfg: PostgresConfig, metrics: Arc<Metrics>) -> Arc<Shared> {
         Arc::new(Shared {
             cfg,
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
+            delivered_lsn: AtomicU64::new(0),
             phase: Mutex::new(Phase::Starting),
             compile: tokio::sync::Mutex::new(CompileCaches::default()),
+            metrics,
             status: Mutex::new(StatusInfo::default()),
             started: Instant::now(),
         })
@@ -269,6 +278,13 @@ async fn session(
     let params = ConnParams::from_config(&sub_cfg).map_err(errs)?;
     let sub_client = connect(&sub_cfg).await?;
     let client = connect(&feed_cfg).await?;
+    // RLS checks are pipelined over their own connections, so a batch in flight never waits
+    // behind the feed's catalog queries or another batch.
+    let check_cfg = pg_config(&cfg.database_url, "supa_realtime_rls_check")?;
+    let mut checkers = Vec::with_capacity(CHECKERS);
+    for _ in 0..CHECKERS {
+        checkers.push(connect(&check_cfg).await?);
+    }
     setup::prepare(&client, &cfg.publication)
         .await
         .map_err(errs)?;
@@ -302,11 +318,17 @@ async fn session(
     }
     *first = false;
 
+    // START_REPLICATION from what was delivered, not from the slot's position: the slot's
+    // confirmed position is only written to disk at checkpoints, so after a database restart
+    // it can be behind what the database was told (PostgreSQL then re-sends seconds of
+    // transactions). Asking for a later position makes it skip the transactions that
+    // committed before it; those it re-sends anyway are skipped below (Begin).
+    let resume_from = shared.delivered_lsn.load(Ordering::Acquire);
     // START_REPLICATION; a slot still held by a dead predecessor's walsender is released
     let mut tries = 0;
     loop {
         match repl
-            .start_logical(&cfg.slot_name, 0, &cfg.publication)
+            .start_logical(&cfg.slot_name, resume_from, &cfg.publication)
             .await
         {
             Ok(()) => break,
@@ -331,20 +353,63 @@ async fn session(
     let mut relations: HashMap<u32, (Relation, Option<Arc<TableInfo>>)> = HashMap::new();
     let mut cache = DispatchCache::default();
     let mut kinds: HashMap<u32, Kind> = HashMap::new();
-    let mut confirmed: u64 = 0;
-    let mut sent: u64 = 0;
+    // what the database has been told is handled, and what is handled (delivered) here
+    let mut sent: u64 = resume_from;
+    let mut confirmed: u64 = resume_from;
     let mut in_txn = false;
+    let mut skipping = false;
     let mut commit_ts: i64 = 0;
+    let mut xid: u32 = 0;
+    let mut building = Batch::default();
+    let mut inflight: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
+    let mut next_checker = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_status = Instant::now();
     let mut last_cache_clear = Instant::now();
     loop {
+        // A free checker takes what has accumulated: one change when idle (no added latency),
+        // everything that arrived meanwhile when busy (bigger batches under load).
+        if !building.is_empty() && inflight.len() < CHECKERS {
+            let batch = std::mem::take(&mut building);
+            let checker = checkers[next_checker % CHECKERS].clone();
+            next_checker += 1;
+            inflight.push_back(Box::pin(check(checker, batch)));
+        }
+        let can_read = building.items.len() < MAX_BATCH;
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => {
                 if confirmed > sent {
                     let _ = repl.send_status(confirmed, false).await;
                 }
                 return Ok(());
+            }
+            Some((batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
+                let answers = answers.map_err(errs)?;
+                if !batch.checks.is_empty() {
+                    shared.metrics.rls_check(took, batch.checks.checks());
+                }
+                let mut n = 0;
+                let changes = batch.items.len() as u64;
+                for item in batch.items {
+                    n += item.deliver(&answers);
+                }
+                {
+                    let mut st = shared.status.lock();
+                    st.changes += changes;
+                    st.deliveries += n as u64;
+                }
+                if let Some(end_lsn) = batch.commit_end {
+                    confirmed = confirmed.max(end_lsn);
+                    shared.delivered_lsn.fetch_max(confirmed, Ordering::AcqRel);
+                    // every change up to this commit is in the sinks: confirm now, so a crash
+                    // right after does not replay it
+                    repl.send_status(confirmed, false).await.map_err(errs)?;
+                    sent = confirmed;
+                    last_status = Instant::now();
+                    shared.status.lock().confirmed_lsn = sent;
+                    shared.metrics.replication_confirmed(Stream::PostgresChanges, sent, batch.commit_ts);
+                }
             }
             _ = tick.tick() => {
                 if confirmed > sent || last_status.elapsed() > Duration::from_secs(10) {
@@ -359,11 +424,13 @@ async fn session(
                     last_cache_clear = Instant::now();
                 }
             }
-            msg = repl.next() => {
+            msg = repl.next(), if can_read => {
                 match msg.map_err(errs)? {
                     ReplMessage::Keepalive { wal_end, reply } => {
-                        if !in_txn && wal_end > confirmed {
+                        // nothing open or queued: everything before the WAL end is handled
+                        if !in_txn && building.is_empty() && inflight.is_empty() && wal_end > confirmed {
                             confirmed = wal_end;
+                            shared.delivered_lsn.fetch_max(confirmed, Ordering::AcqRel);
                         }
                         if reply {
                             repl.send_status(confirmed.max(sent), false).await.map_err(errs)?;
@@ -373,22 +440,26 @@ async fn session(
                     }
                     ReplMessage::XLogData { data } => {
                         match pgoutput::decode(data).map_err(errs)? {
-                            Message::Begin { commit_ts: ts, xid, .. } => {
+                            Message::Begin { commit_ts: ts, xid: x, final_lsn } => {
                                 in_txn = true;
                                 commit_ts = ts;
-                                cache.begin_transaction(xid);
+                                xid = x;
+                                // Already delivered before a reconnect (the slot's position on
+                                // disk can lag behind what was confirmed, e.g. across a database
+                                // restart): not again.
+                                skipping = final_lsn < resume_from;
+                                if skipping {
+                                    tracing::debug!(lsn = %format_lsn(final_lsn), "skipping a transaction delivered before the reconnect");
+                                }
                             }
                             Message::Commit { end_lsn, .. } => {
                                 in_txn = false;
-                                if end_lsn > confirmed {
-                                    confirmed = end_lsn;
+                                if skipping {
+                                    skipping = false;
+                                    continue;
                                 }
-                                // every change of the transaction is in the sinks: confirm now,
-                                // so a crash right after does not replay it
-                                repl.send_status(confirmed, false).await.map_err(errs)?;
-                                sent = confirmed;
-                                last_status = Instant::now();
-                                shared.status.lock().confirmed_lsn = sent;
+                                building.commit_end = Some(end_lsn);
+                                building.commit_ts = commit_ts;
                             }
                             Message::Relation(rel) => {
                                 let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await.map_err(errs)?;
@@ -398,16 +469,20 @@ async fn session(
                                 shared.compile.lock().await.tables.remove(&(rel.schema.clone(), rel.table.clone()));
                                 relations.insert(rel.id, (rel, info));
                             }
+                            _ if skipping => {}
                             Message::Insert { rel, new } => {
-                                deliver(shared, &client, &mut cache, &relations, rel, Action::Insert, commit_ts, Some(&new), None, true).await?;
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                ctx.prepare(&mut cache, &mut building, rel, Action::Insert, Some(&new), None, true).await?;
                             }
                             Message::Update { rel, old, new } => {
                                 let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                deliver(shared, &client, &mut cache, &relations, rel, Action::Update, commit_ts, Some(&new), old.as_deref(), key_only).await?;
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                ctx.prepare(&mut cache, &mut building, rel, Action::Update, Some(&new), old.as_deref(), key_only).await?;
                             }
                             Message::Delete { rel, old } => {
                                 let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                deliver(shared, &client, &mut cache, &relations, rel, Action::Delete, commit_ts, None, Some(&old), key_only).await?;
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                ctx.prepare(&mut cache, &mut building, rel, Action::Delete, None, Some(&old), key_only).await?;
                             }
                             Message::Other => {}
                         }
@@ -418,44 +493,90 @@ async fn session(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    shared: &Arc<Shared>,
-    client: &Client,
-    cache: &mut DispatchCache,
-    relations: &HashMap<u32, (Relation, Option<Arc<TableInfo>>)>,
-    rel: u32,
-    action: Action,
+/// Connections the RLS checks are pipelined over.
+const CHECKERS: usize = 3;
+/// At most this many changes wait in the batch being built; then the stream is not read
+/// (the database keeps the WAL) until a checker is free.
+const MAX_BATCH: usize = 4000;
+
+/// A run of consecutive changes whose RLS checks go to the database together.
+#[derive(Default)]
+struct Batch {
+    items: Vec<Prepared>,
+    checks: rls::Batch,
+    /// End of the last transaction that committed within this batch: confirmed once the
+    /// batch is delivered.
+    commit_end: Option<u64>,
     commit_ts: i64,
-    new: Option<&[pgoutput::Datum]>,
-    old: Option<&[pgoutput::Datum]>,
-    old_is_key_only: bool,
-) -> Result<(), String> {
-    let Some((relation, Some(table))) = relations.get(&rel) else {
-        return Ok(());
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.commit_end.is_none()
+    }
+}
+
+type Checked = (Batch, Result<rls::Answers, tokio_postgres::Error>, Duration);
+
+async fn check(client: Arc<Client>, batch: Batch) -> Checked {
+    let started = Instant::now();
+    let answers = if batch.checks.is_empty() {
+        Ok(rls::Answers::default())
+    } else {
+        rls::run(&client, &batch.checks).await
     };
-    let change = Change {
-        action,
-        rel: relation,
-        table,
-        commit_ts,
-        new,
-        old,
-        old_is_key_only,
-    };
-    let n = dispatch::dispatch(
-        &change,
-        &shared.registry,
-        client,
-        cache,
-        shared.cfg.max_record_bytes,
-    )
-    .await
-    .map_err(errs)?;
-    let mut st = shared.status.lock();
-    st.changes += 1;
-    st.deliveries += n as u64;
-    Ok(())
+    (batch, answers, started.elapsed())
+}
+
+/// What preparing a change needs from the session.
+struct Ctx<'a> {
+    shared: &'a Arc<Shared>,
+    client: &'a Client,
+    relations: &'a HashMap<u32, (Relation, Option<Arc<TableInfo>>)>,
+    commit_ts: i64,
+    xid: u32,
+}
+
+impl Ctx<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare(
+        &self,
+        cache: &mut DispatchCache,
+        batch: &mut Batch,
+        rel: u32,
+        action: Action,
+        new: Option<&[pgoutput::Datum]>,
+        old: Option<&[pgoutput::Datum]>,
+        old_is_key_only: bool,
+    ) -> Result<(), String> {
+        let Some((relation, Some(table))) = self.relations.get(&rel) else {
+            return Ok(());
+        };
+        let change = Change {
+            action,
+            rel: relation,
+            table,
+            commit_ts: self.commit_ts,
+            new,
+            old,
+            old_is_key_only,
+        };
+        let prepared = dispatch::prepare(
+            &change,
+            &self.shared.registry,
+            self.client,
+            cache,
+            self.shared.cfg.max_record_bytes,
+            &mut batch.checks,
+            self.xid,
+        )
+        .await
+        .map_err(errs)?;
+        if let Some(p) = prepared {
+            batch.items.push(p);
+        }
+        Ok(())
+    }
 }
 
 /// Drop the slot and the publication (the `cleanup` request).

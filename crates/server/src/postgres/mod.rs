@@ -34,6 +34,7 @@ mod setup;
 mod subscribe;
 mod types;
 
+use crate::metrics::Metrics;
 use registry::{Claims, SubEntry, SubState};
 
 /// Settings of the change feed.
@@ -156,7 +157,16 @@ pub const NO_DATABASE_MESSAGE: &str = feed::DB_UNAVAILABLE;
 impl ChangeFeed {
     /// Start streaming from the database in the background.
     pub fn start(config: PostgresConfig, shutdown: CancellationToken) -> Arc<ChangeFeed> {
-        let shared = feed::Shared::new(config);
+        Self::start_measured(config, shutdown, Arc::new(Metrics::new()))
+    }
+
+    /// [`ChangeFeed::start`], counting into the server's metrics.
+    pub(crate) fn start_measured(
+        config: PostgresConfig,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Arc<ChangeFeed> {
+        let shared = feed::Shared::new(config, metrics);
         tokio::spawn(feed::run(shared.clone(), shutdown));
         Arc::new(ChangeFeed {
             shared: Some(shared),
@@ -180,6 +190,7 @@ impl ChangeFeed {
             };
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.postgres_subscribed(1);
         let entry = Arc::new(SubEntry {
             id,
             topic: request.topic,
@@ -259,6 +270,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
+            shared.metrics.postgres_subscribed(-1);
             shared.registry.write().remove(self.id);
         }
     }

@@ -1,25 +1,132 @@
-//! Row-level security: may these claims SELECT this row?
+//! Row-level security: which of these rows may these claims SELECT?
 //!
-//! As upstream's `apply_rls`: inside a transaction, `role` and `request.jwt.claims` are set to
-//! the subscriber's, then `SELECT EXISTS(SELECT 1 FROM <table> WHERE <pk> = <value> ...)` runs
-//! under the table's policies. DELETEs are not checked (the row is gone).
+//! As upstream's `apply_rls`: with `role` and `request.jwt.claims` set to the subscriber's,
+//! the row is looked up by primary key in its table under the table's policies. DELETEs are
+//! not checked (the row is gone).
 //!
-//! The check runs once per change per DISTINCT claims set, not per subscriber. That is
-//! equivalent to checking every subscriber: the query's outcome depends only on the table's
-//! contents (the same for all of them, it is one snapshot per batch), the primary key (the same
-//! change), the role and the claims (the same within a group), so subscribers with equal
-//! claims necessarily get equal answers.
+//! Checks are batched. The feed collects, for a run of consecutive changes (one transaction,
+//! or many small ones that arrived while earlier checks were in flight), one [`Group`] per
+//! (claims set, table): the primary keys of the rows that matched those claims' filters. One
+//! simple-query string then answers the whole batch in one round trip, one statement per
+//! group:
 //!
-//! All groups of one change go to the server in ONE round trip: a single simple-query string
-//! `BEGIN READ ONLY; SET claims A; SELECT EXISTS..; RESET ROLE; SET claims B; ...; ROLLBACK`.
-//! If any statement fails (a policy raising for some claims), the groups are re-run one by one
-//! so that only the failing claims get the error.
+//! ```sql
+//! SELECT set_config('role', ..., true), set_config('request.jwt.claims', ..., true), ...;
+//! SELECT k.o FROM unnest('{1,2,3}'::bigint[]) WITH ORDINALITY AS k(c1, o)
+//!  WHERE EXISTS (SELECT 1 FROM public.t AS t WHERE t.id = k.c1);
+//! ```
+//!
+//! The string runs as one implicit transaction, so the `set_config(.., true)` settings are
+//! transaction-local and vanish at its end; nothing is left on the connection, and several
+//! batches can be pipelined on a few connections.
+//!
+//! Checking once per distinct claims set is equivalent to checking every subscriber: the answer
+//! depends only on the table's contents, the key, the role and the claims.
+//!
+//! **Isolation.** A policy that raises for some claims aborts the string at that group's
+//! statement. Statements are counted as they complete, so the failing group is known: it is
+//! answered "failed" (its subscribers get upstream's `Error 500`), and the string is re-run
+//! from the next group. Other subscribers are unaffected (upstream's supabase/realtime#2093 is
+//! the opposite: one failing subscription stops delivery for all).
+//!
+//! **Visibility.** Logical decoding streams a commit once its WAL is flushed, which can be a
+//! moment before the committing backend leaves the proc array; a check in that moment would
+//! read "not visible" as "not allowed". The first statement of the string asks
+//! `pg_xact_status` about the batch's transactions; if one is still "in progress" the answers
+//! are thrown away and the string re-run shortly after (at most for 2 s).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::catalog::TableInfo;
 use super::registry::Claims;
 use super::replication::{quote_ident, quote_literal};
+
+/// Where the answer for one (claims, row) pair will be: group index and ordinal in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    group: usize,
+    ord: u32,
+}
+
+/// The rows one claims set must be checked for, in one table.
+struct Group {
+    claims: Arc<Claims>,
+    table: Arc<TableInfo>,
+    /// primary-key texts of each row, in the table's key-column order
+    keys: Vec<Vec<String>>,
+}
+
+/// The checks of a batch of changes.
+#[derive(Default)]
+pub(crate) struct Batch {
+    groups: Vec<Group>,
+    index: HashMap<(Arc<Claims>, u32), usize>,
+    /// transactions whose commit must be visible before the checks run
+    xids: Vec<u32>,
+}
+
+impl Batch {
+    /// Ask for the visibility of the row with primary-key texts `key` for `claims`.
+    pub(crate) fn add(
+        &mut self,
+        claims: &Arc<Claims>,
+        table: &Arc<TableInfo>,
+        key: Vec<String>,
+    ) -> Slot {
+        let group = *self
+            .index
+            .entry((claims.clone(), table.oid))
+            .or_insert_with(|| {
+                self.groups.push(Group {
+                    claims: claims.clone(),
+                    table: table.clone(),
+                    keys: Vec::new(),
+                });
+                self.groups.len() - 1
+            });
+        let keys = &mut self.groups[group].keys;
+        keys.push(key);
+        Slot {
+            group,
+            ord: keys.len() as u32,
+        }
+    }
+
+    /// The rows checked belong to transaction `xid`.
+    pub(crate) fn in_transaction(&mut self, xid: u32) {
+        if self.xids.last() != Some(&xid) {
+            self.xids.push(xid);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Number of (claims, row) checks.
+    pub(crate) fn checks(&self) -> usize {
+        self.groups.iter().map(|g| g.keys.len()).sum()
+    }
+}
+
+/// The answers of a batch: per group, the visible ordinals, or `None` where the policy raised.
+#[derive(Default)]
+pub(crate) struct Answers {
+    groups: Vec<Option<Vec<bool>>>,
+}
+
+impl Answers {
+    /// `Some(visible)`, or `None` when evaluating the policy failed for these claims.
+    pub(crate) fn get(&self, slot: Slot) -> Option<bool> {
+        let g = self.groups.get(slot.group)?.as_ref()?;
+        Some(g.get(slot.ord as usize - 1).copied().unwrap_or(false))
+    }
+}
 
 fn set_claims_sql(c: &Claims) -> String {
     format!(
@@ -32,113 +139,154 @@ fn set_claims_sql(c: &Claims) -> String {
     )
 }
 
-/// `SELECT EXISTS(...)` for the row whose primary-key texts are `pk`.
-fn exists_sql(table: &TableInfo, pk: &[(&str, &str, Option<&str>)]) -> String {
-    let mut sql = format!(
-        "SELECT EXISTS(SELECT 1 FROM {}.{} WHERE ",
-        quote_ident(&table.schema),
-        quote_ident(&table.table)
-    );
-    for (i, (col, ty, val)) in pk.iter().enumerate() {
+/// `{"a","b"}`: an array literal's text, every element quoted.
+fn array_literal<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let mut s = String::from("{");
+    for (i, v) in items.enumerate() {
         if i > 0 {
-            sql.push_str(" AND ");
+            s.push(',');
         }
-        match val {
-            Some(v) => sql.push_str(&format!(
-                "{} = {}::{}",
-                quote_ident(col),
-                quote_literal(v),
-                ty
-            )),
-            None => sql.push_str(&format!("{} IS NULL", quote_ident(col))),
+        s.push('"');
+        for ch in v.chars() {
+            if ch == '"' || ch == '\\' {
+                s.push('\\');
+            }
+            s.push(ch);
         }
+        s.push('"');
     }
-    sql.push_str(");");
-    sql
+    s.push('}');
+    s
 }
 
-fn bools(msgs: &[SimpleQueryMessage]) -> Vec<bool> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r)
-                if r.columns().len() == 1 && r.columns()[0].name() == "exists" =>
-            {
-                Some(r.get(0) == Some("t"))
-            }
-            _ => None,
-        })
-        .collect()
+/// The statement returning the ordinals of the group's visible rows.
+fn exists_sql(g: &Group) -> String {
+    let pk: Vec<_> = g.table.columns.iter().filter(|c| c.is_pk).collect();
+    let mut arrays = Vec::with_capacity(pk.len());
+    let mut aliases = Vec::with_capacity(pk.len() + 1);
+    let mut conds = Vec::with_capacity(pk.len());
+    for (i, col) in pk.iter().enumerate() {
+        let lit = array_literal(g.keys.iter().map(|k| k.get(i).map_or("", String::as_str)));
+        arrays.push(format!("{}::{}[]", quote_literal(&lit), col.sql_type));
+        aliases.push(format!("c{i}"));
+        conds.push(format!("t.{} = k.c{i}", quote_ident(&col.name)));
+    }
+    aliases.push("o".into());
+    format!(
+        "SELECT k.o FROM unnest({}) WITH ORDINALITY AS k({}) WHERE EXISTS (SELECT 1 FROM {}.{} AS t WHERE {});",
+        arrays.join(", "),
+        aliases.join(", "),
+        quote_ident(&g.table.schema),
+        quote_ident(&g.table.table),
+        conds.join(" AND "),
+    )
 }
 
-/// Visibility of the row (primary key `pk` = (column, sql type, text value)) for each claims
-/// set, in order; `None` where evaluating the policy raised (upstream then sends
-/// `Error 500`). Errors of the connection itself are returned.
-pub(crate) async fn check(
-    client: &Client,
-    table: &TableInfo,
-    pk: &[(&str, &str, Option<&str>)],
-    groups: &[&Claims],
-) -> Result<Vec<Option<bool>>, tokio_postgres::Error> {
-    if groups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let exists = exists_sql(table, pk);
-    let mut sql = String::from("BEGIN READ ONLY;");
-    for c in groups {
-        sql.push_str(&set_claims_sql(c));
-        sql.push_str(&exists);
-        sql.push_str("RESET ROLE;");
-    }
-    sql.push_str("ROLLBACK;");
-    match client.simple_query(&sql).await {
-        Ok(msgs) => {
-            let r = bools(&msgs);
-            if r.len() == groups.len() {
-                return Ok(r.into_iter().map(Some).collect());
-            }
-        }
-        Err(e) if e.as_db_error().is_none() => return Err(e),
-        Err(e) => {
-            tracing::debug!(error = %e, "RLS batch failed; checking claims one by one");
-            client.simple_query("ROLLBACK").await?;
-        }
-    }
-    let mut out = Vec::with_capacity(groups.len());
-    for c in groups {
-        let sql = format!("BEGIN READ ONLY;{}{}ROLLBACK;", set_claims_sql(c), exists);
-        match client.simple_query(&sql).await {
-            Ok(msgs) => out.push(Some(bools(&msgs).first().copied().unwrap_or(false))),
-            Err(e) if e.as_db_error().is_none() => return Err(e),
-            Err(e) => {
-                tracing::warn!(role = %c.role, error = %e, "RLS policy evaluation failed");
-                client.simple_query("ROLLBACK").await?;
-                out.push(None);
-            }
-        }
-    }
-    Ok(out)
+/// `true` when none of the transactions is still in progress.
+fn visible_sql(xids: &[u32]) -> String {
+    let list = xids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "SELECT coalesce(bool_and(pg_xact_status(((CASE WHEN u.v <= (s.x & 4294967295) THEN s.x >> 32 \
+         ELSE (s.x >> 32) - 1 END) << 32 | u.v)::text::xid8) IS DISTINCT FROM 'in progress'), true) \
+         FROM unnest('{{{list}}}'::bigint[]) AS u(v), \
+         (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS x) s;"
+    )
 }
 
-/// Wait until transaction `xid` (32 bits, as pgoutput gives it) is no longer in progress, so a
-/// statement started afterwards sees what it committed.
-///
-/// Logical decoding streams a commit once its WAL is flushed, which can be a moment before the
-/// committing backend leaves the proc array; `pg_xact_status` is "in progress" exactly while
-/// it is there. The 64-bit id is rebuilt with the epoch of the current snapshot's xmax (the
-/// previous epoch when the low 32 bits are past it, across a wraparound).
-pub(crate) async fn wait_until_visible(
-    client: &Client,
-    xid: u32,
-) -> Result<(), tokio_postgres::Error> {
-    const SQL: &str = "SELECT pg_xact_status(((CASE WHEN $1::bigint <= (x & 4294967295) THEN x >> 32
-                                                     ELSE (x >> 32) - 1 END) << 32 | $1::bigint)::text::xid8)
-                       FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS x) s";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let status: Option<String> = client.query_one(SQL, &[&i64::from(xid)]).await?.get(0);
-        if status.as_deref() != Some("in progress") || std::time::Instant::now() > deadline {
-            return Ok(());
+/// Run the batch's checks. Errors of the connection itself are returned; a policy that
+/// raises only fails its own group.
+pub(crate) async fn run(client: &Client, batch: &Batch) -> Result<Answers, tokio_postgres::Error> {
+    let n = batch.groups.len();
+    let mut answers = Answers {
+        groups: vec![None; n],
+    };
+    if n == 0 {
+        return Ok(answers);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut start = 0;
+    let mut need_visible = !batch.xids.is_empty();
+    while start < n {
+        let prefix = usize::from(need_visible);
+        let mut sql = String::new();
+        if need_visible {
+            sql.push_str(&visible_sql(&batch.xids));
         }
-        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        for g in &batch.groups[start..] {
+            sql.push_str(&set_claims_sql(&g.claims));
+            sql.push_str(&exists_sql(g));
+        }
+        for g in &mut answers.groups[start..] {
+            *g = Some(vec![false; 0]);
+        }
+        let mut visible = true;
+        let mut done = 0usize; // statements completed
+        let mut failed_at = None;
+        let stream = client.simple_query_raw(&sql).await?;
+        pin_mut!(stream);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(SimpleQueryMessage::CommandComplete(_))) => done += 1,
+                Ok(Some(SimpleQueryMessage::Row(row))) => {
+                    if done < prefix {
+                        visible = row.get(0) != Some("f");
+                    } else if (done - prefix) % 2 == 1 {
+                        let g = start + (done - prefix) / 2;
+                        let ord: usize = row.get(0).and_then(|v| v.parse().ok()).unwrap_or(0);
+                        let len = batch.groups[g].keys.len();
+                        if let Some(Some(vis)) = answers.groups.get_mut(g) {
+                            if vis.is_empty() {
+                                vis.resize(len, false);
+                            }
+                            if (1..=len).contains(&ord) {
+                                vis[ord - 1] = true;
+                            }
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if e.as_db_error().is_none() => return Err(e),
+                Err(e) => {
+                    if done < prefix {
+                        return Err(e);
+                    }
+                    let g = start + (done - prefix) / 2;
+                    let c = &batch.groups[g].claims;
+                    tracing::warn!(role = %c.role, table = %batch.groups[g].table.table, error = %e, "RLS policy evaluation failed");
+                    failed_at = Some(g);
+                    break;
+                }
+            }
+        }
+        if !visible && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
+        need_visible = false;
+        match failed_at {
+            Some(g) => {
+                answers.groups[g] = None;
+                start = g + 1;
+            }
+            None => break,
+        }
+    }
+    Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_quote_every_element() {
+        assert_eq!(array_literal(["1", "2"].into_iter()), r#"{"1","2"}"#);
+        assert_eq!(array_literal([r#"a"b\c"#].into_iter()), r#"{"a\"b\\c"}"#);
+        assert_eq!(array_literal(std::iter::empty()), "{}");
     }
 }
