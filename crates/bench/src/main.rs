@@ -429,23 +429,8 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         steps += 1;
     }
     if ctx.wants("postgres") {
-        bar.set_message("postgres_changes");
-        if let Some(reference) = ctx.cli.pg_reference_bin.clone() {
-            // the same scenario against another build (e.g. the previous release), first
-            let res = run_postgres(ctx, &reference, &s, r, bar).await;
-            crate::say(
-                bar,
-                format!("postgres (reference build): {}", pg_summary(&res)),
-            );
-            r.pg_reference = Some(res);
-        }
-        let bin = ctx.cli.server_bin.clone();
-        let res = run_postgres(ctx, &bin, &s, r, bar).await;
-        crate::say(bar, format!("postgres: {}", pg_summary(&res)));
-        r.pg = Some(res);
-        bar.inc(1);
+        steps += 1;
     }
-
     if ctx.wants("presence") {
         steps += 1;
     }
@@ -610,56 +595,19 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
 
     if ctx.wants("postgres") {
         bar.set_message("postgres_changes");
-        r.pg = Some(match &ctx.cli.database_url {
-            None => Err("n/a (no DATABASE_URL: start one with scripts/postgres.sh)".into()),
-            Some(url) => {
-                let res: Res<pg::PgResult> = async {
-                    let slot = format!("bench_slot_{}", std::process::id());
-                    let publication = "bench_pub";
-                    pg::prepare(url, publication).await?;
-                    let mut proc = ctx
-                        .server(
-                            &[
-                                "--database-url".into(),
-                                url.clone(),
-                                "--slot-name".into(),
-                                slot.clone(),
-                                "--publication".into(),
-                                publication.into(),
-                            ],
-                            &[("REALTIME_PG_RESUME_GRACE_MS", "0".into())],
-                            "postgres",
-                        )
-                        .await?;
-                    pg::wait_healthy(&proc.addr).await?;
-                    pg::policy(url).await?;
-                    let perf = ctx.perf_start("postgres", proc.pid());
-                    let out = pg::run(&proc, url, s.pg_latency, s.pg_changes, s.pg_subs, bar).await;
-                    ctx.perf_stop("postgres", perf, r);
-                    proc.stop();
-                    let cleanup = std::process::Command::new(&ctx.cli.server_bin)
-                        .args([
-                            "cleanup-postgres",
-                            "--database-url",
-                            url,
-                            "--slot-name",
-                            &slot,
-                            "--publication",
-                            publication,
-                        ])
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .status();
-                    if !matches!(cleanup, Ok(st) if st.success()) {
-                        crate::say(bar, format!("warning: could not drop slot {slot}"));
-                    }
-                    out
-                }
-                .await;
-                fmt_err(res)
-            }
-        });
-        crate::say(bar, format!("postgres: {}", match r.pg.as_ref() { Some(Ok(p)) => format!("commit->callback p50 {:.2} ms p99 {:.2} ms; {:.0} changes/s; realtime.send p50 {:.2} ms", p.latency.p50, p.latency.p99, p.changes_per_sec, p.dbb_latency.p50), Some(Err(e)) => format!("failed: {e}"), None => String::new() }));
+        if let Some(reference) = ctx.cli.pg_reference_bin.clone() {
+            // the same scenario against another build (e.g. the previous release), first
+            let res = run_postgres(ctx, &reference, &s, r, bar).await;
+            crate::say(
+                bar,
+                format!("postgres (reference build): {}", pg_summary(&res)),
+            );
+            r.pg_reference = Some(res);
+        }
+        let bin = ctx.cli.server_bin.clone();
+        let res = run_postgres(ctx, &bin, &s, r, bar).await;
+        crate::say(bar, format!("postgres: {}", pg_summary(&res)));
+        r.pg = Some(res);
         bar.inc(1);
     }
 

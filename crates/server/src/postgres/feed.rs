@@ -193,11 +193,14 @@ async fn activate_inner(shared: Arc<Shared>, entry: Arc<SubEntry>, client: Arc<C
     }
 }
 
+/// Session settings that shape the text values are typed from (see types.rs).
+const CONN_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=1 -c bytea_output=hex -c standard_conforming_strings=on";
+
 fn pg_config(url: &str, app: &str) -> Result<tokio_postgres::Config, String> {
     let mut cfg =
         tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid database URL: {e}"))?;
     cfg.application_name(app);
-    cfg.options("-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=1 -c bytea_output=hex -c standard_conforming_strings=on");
+    cfg.options(CONN_OPTIONS);
     cfg.connect_timeout(Duration::from_secs(10));
     Ok(cfg)
 }
@@ -280,10 +283,14 @@ async fn session(
     let client = connect(&feed_cfg).await?;
     // RLS checks are pipelined over their own connections, so a batch in flight never waits
     // behind the feed's catalog queries or another batch.
-    let check_cfg = pg_config(&cfg.database_url, "supa_realtime_rls_check")?;
-    let mut checkers = Vec::with_capacity(CHECKERS);
+    let mut check_cfg = pg_config(&cfg.database_url, "supa_realtime_rls_check")?;
+    // one generic plan per table, reused for every claims set (see rls.rs)
+    check_cfg.options(format!(
+        "{CONN_OPTIONS} -c plan_cache_mode=force_generic_plan"
+    ));
+    let mut free = Vec::with_capacity(CHECKERS);
     for _ in 0..CHECKERS {
-        checkers.push(connect(&check_cfg).await?);
+        free.push(rls::Checker::new(connect(&check_cfg).await?));
     }
     setup::prepare(&client, &cfg.publication)
         .await
@@ -362,18 +369,17 @@ async fn session(
     let mut xid: u32 = 0;
     let mut building = Batch::default();
     let mut inflight: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
-    let mut next_checker = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_status = Instant::now();
     let mut last_cache_clear = Instant::now();
     loop {
         // A free checker takes what has accumulated: one change when idle (no added latency),
         // everything that arrived meanwhile when busy (bigger batches under load).
-        if !building.is_empty() && inflight.len() < CHECKERS {
-            let batch = std::mem::take(&mut building);
-            let checker = checkers[next_checker % CHECKERS].clone();
-            next_checker += 1;
-            inflight.push_back(Box::pin(check(checker, batch)));
+        if !building.is_empty() {
+            if let Some(checker) = free.pop() {
+                let batch = std::mem::take(&mut building);
+                inflight.push_back(Box::pin(check(checker, batch)));
+            }
         }
         let can_read = building.items.len() < MAX_BATCH;
         tokio::select! {
@@ -384,7 +390,8 @@ async fn session(
                 }
                 return Ok(());
             }
-            Some((batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
+            Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
+                free.push(checker);
                 let answers = answers.map_err(errs)?;
                 if !batch.checks.is_empty() {
                     shared.metrics.rls_check(took, batch.checks.checks());
@@ -516,16 +523,17 @@ impl Batch {
     }
 }
 
-type Checked = (Batch, Result<rls::Answers, tokio_postgres::Error>, Duration);
+type Checked = (
+    rls::Checker,
+    Batch,
+    Result<rls::Answers, tokio_postgres::Error>,
+    Duration,
+);
 
-async fn check(client: Arc<Client>, batch: Batch) -> Checked {
+async fn check(mut checker: rls::Checker, batch: Batch) -> Checked {
     let started = Instant::now();
-    let answers = if batch.checks.is_empty() {
-        Ok(rls::Answers::default())
-    } else {
-        rls::run(&client, &batch.checks).await
-    };
-    (batch, answers, started.elapsed())
+    let answers = checker.run(&batch.checks).await;
+    (checker, batch, answers, started.elapsed())
 }
 
 /// What preparing a change needs from the session.

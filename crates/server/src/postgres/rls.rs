@@ -6,45 +6,49 @@
 //!
 //! Checks are batched. The feed collects, for a run of consecutive changes (one transaction,
 //! or many small ones that arrived while earlier checks were in flight), one [`Group`] per
-//! (claims set, table): the primary keys of the rows that matched those claims' filters. One
-//! simple-query string then answers the whole batch in one round trip, one statement per
-//! group:
+//! (claims set, table): the primary keys of the rows that matched those claims' filters. A
+//! [`Checker`] (one connection) answers a whole batch in ONE round trip: its statements are
+//! pipelined, two per group, prepared once per connection:
 //!
 //! ```sql
-//! SELECT set_config('role', ..., true), set_config('request.jwt.claims', ..., true), ...;
-//! SELECT k.o FROM unnest('{1,2,3}'::bigint[]) WITH ORDINALITY AS k(c1, o)
-//!  WHERE EXISTS (SELECT 1 FROM public.t AS t WHERE t.id = k.c1);
+//! SELECT set_config('role', $1, false), set_config('request.jwt.claims', $2, false), ...;
+//! SELECT k.o FROM unnest($1::text[]::bigint[]) WITH ORDINALITY AS k(c0, o)
+//!  WHERE EXISTS (SELECT 1 FROM public.t AS t WHERE t.id = k.c0);
 //! ```
 //!
-//! The string runs as one implicit transaction, so the `set_config(.., true)` settings are
-//! transaction-local and vanish at its end; nothing is left on the connection, and several
-//! batches can be pipelined on a few connections.
+//! Why prepared and pipelined: planning a statement on a table with policies costs about
+//! 0.5 ms, executing it for a hundred keys about 0.1 ms (EXPLAIN ANALYZE, PostgreSQL 15). A
+//! generic plan (`plan_cache_mode = force_generic_plan` on the checker connections) is made
+//! once per table and reused for every claims set; the plan cache re-plans by itself when the
+//! role or the table changes. The settings are session-level on a connection that does
+//! nothing else, and every check sets them first.
 //!
 //! Checking once per distinct claims set is equivalent to checking every subscriber: the answer
 //! depends only on the table's contents, the key, the role and the claims.
 //!
-//! **Isolation.** A policy that raises for some claims aborts the string at that group's
-//! statement. Statements are counted as they complete, so the failing group is known: it is
-//! answered "failed" (its subscribers get upstream's `Error 500`), and the string is re-run
-//! from the next group. Other subscribers are unaffected (upstream's supabase/realtime#2093 is
-//! the opposite: one failing subscription stops delivery for all).
+//! **Isolation.** Each statement is its own implicit transaction (its own Sync), so a policy
+//! that raises for some claims fails that group's statement only: its subscribers get
+//! upstream's `Error 500`, every other group is answered as usual (upstream's
+//! supabase/realtime#2093 is the opposite: one failing subscription stops delivery for all). A
+//! group whose `set_config` failed is failed too: its check ran with the previous claims.
 //!
 //! **Visibility.** Logical decoding streams a commit once its WAL is flushed, which can be a
 //! moment before the committing backend leaves the proc array; a check in that moment would
-//! read "not visible" as "not allowed". The first statement of the string asks
+//! read "not visible" as "not allowed". The first statement of the pipeline asks
 //! `pg_xact_status` about the batch's transactions; if one is still "in progress" the answers
-//! are thrown away and the string re-run shortly after (at most for 2 s).
+//! are thrown away and the pipeline re-run shortly after (at most for 2 s).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{pin_mut, TryStreamExt};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use futures_util::future::join_all;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 use super::catalog::TableInfo;
 use super::registry::Claims;
-use super::replication::{quote_ident, quote_literal};
+use super::replication::quote_ident;
 
 /// Where the answer for one (claims, row) pair will be: group index and ordinal in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,165 +132,186 @@ impl Answers {
     }
 }
 
-fn set_claims_sql(c: &Claims) -> String {
-    format!(
-        "SELECT set_config('role', {}, true), set_config('request.jwt.claims', {}, true), \
-         set_config('request.jwt.claim.sub', {}, true), set_config('request.jwt.claim.role', {}, true);",
-        quote_literal(&c.role),
-        quote_literal(&c.json),
-        quote_literal(c.sub.as_deref().unwrap_or("")),
-        quote_literal(&c.role),
-    )
-}
+const SET_CLAIMS: &str = "SELECT set_config('role', $1, false), set_config('request.jwt.claims', $2, false), \
+     set_config('request.jwt.claim.sub', $3, false), set_config('request.jwt.claim.role', $1, false)";
 
-/// `{"a","b"}`: an array literal's text, every element quoted.
-fn array_literal<'a>(items: impl Iterator<Item = &'a str>) -> String {
-    let mut s = String::from("{");
-    for (i, v) in items.enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push('"');
-        for ch in v.chars() {
-            if ch == '"' || ch == '\\' {
-                s.push('\\');
-            }
-            s.push(ch);
-        }
-        s.push('"');
-    }
-    s.push('}');
-    s
-}
+/// `true` when none of the transactions `$1` (32-bit ids) is still in progress.
+const VISIBLE: &str =
+    "SELECT coalesce(bool_and(pg_xact_status(((CASE WHEN u.v <= (s.x & 4294967295) THEN s.x >> 32 \
+     ELSE (s.x >> 32) - 1 END) << 32 | u.v)::text::xid8) IS DISTINCT FROM 'in progress'), true) \
+     FROM unnest($1::bigint[]) AS u(v), \
+     (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS x) s";
 
-/// The statement returning the ordinals of the group's visible rows.
-fn exists_sql(g: &Group) -> String {
-    let pk: Vec<_> = g.table.columns.iter().filter(|c| c.is_pk).collect();
+/// The statement returning the ordinals of the visible rows among the keys `$1..$n` (one
+/// text array per key column).
+fn exists_sql(table: &TableInfo) -> String {
+    let pk: Vec<_> = table.columns.iter().filter(|c| c.is_pk).collect();
     let mut arrays = Vec::with_capacity(pk.len());
     let mut aliases = Vec::with_capacity(pk.len() + 1);
     let mut conds = Vec::with_capacity(pk.len());
     for (i, col) in pk.iter().enumerate() {
-        let lit = array_literal(g.keys.iter().map(|k| k.get(i).map_or("", String::as_str)));
-        arrays.push(format!("{}::{}[]", quote_literal(&lit), col.sql_type));
+        // The keys are cast as a whole array, before the join: a cast in the join clause is
+        // not leakproof, so under RLS it could not be used for an index scan (the plan became a
+        // sequential scan per claims set, 12 ms for 25k rows instead of 0.15 ms).
+        arrays.push(format!("${}::text[]::{}[]", i + 1, col.sql_type));
         aliases.push(format!("c{i}"));
         conds.push(format!("t.{} = k.c{i}", quote_ident(&col.name)));
     }
     aliases.push("o".into());
     format!(
-        "SELECT k.o FROM unnest({}) WITH ORDINALITY AS k({}) WHERE EXISTS (SELECT 1 FROM {}.{} AS t WHERE {});",
+        "SELECT k.o FROM unnest({}) WITH ORDINALITY AS k({}) WHERE EXISTS (SELECT 1 FROM {}.{} AS t WHERE {})",
         arrays.join(", "),
         aliases.join(", "),
-        quote_ident(&g.table.schema),
-        quote_ident(&g.table.table),
+        quote_ident(&table.schema),
+        quote_ident(&table.table),
         conds.join(" AND "),
     )
 }
 
-/// `true` when none of the transactions is still in progress.
-fn visible_sql(xids: &[u32]) -> String {
-    let list = xids
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    format!(
-        "SELECT coalesce(bool_and(pg_xact_status(((CASE WHEN u.v <= (s.x & 4294967295) THEN s.x >> 32 \
-         ELSE (s.x >> 32) - 1 END) << 32 | u.v)::text::xid8) IS DISTINCT FROM 'in progress'), true) \
-         FROM unnest('{{{list}}}'::bigint[]) AS u(v), \
-         (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS x) s;"
-    )
+/// One connection that answers batches, with its prepared statements.
+pub(crate) struct Checker {
+    client: Arc<Client>,
+    set_claims: Option<Statement>,
+    visible: Option<Statement>,
+    /// by SQL text: a table whose key changed gets a new statement
+    exists: HashMap<String, Statement>,
 }
 
-/// Run the batch's checks. Errors of the connection itself are returned; a policy that
-/// raises only fails its own group.
-pub(crate) async fn run(client: &Client, batch: &Batch) -> Result<Answers, tokio_postgres::Error> {
-    let n = batch.groups.len();
-    let mut answers = Answers {
-        groups: vec![None; n],
-    };
-    if n == 0 {
-        return Ok(answers);
+/// A group's statement: prepared, or failed to prepare (the table is gone or changed).
+enum Prepared<'a> {
+    Ready(&'a Statement),
+    Failed,
+}
+
+impl Checker {
+    pub(crate) fn new(client: Arc<Client>) -> Checker {
+        Checker {
+            client,
+            set_claims: None,
+            visible: None,
+            exists: HashMap::new(),
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut start = 0;
-    let mut need_visible = !batch.xids.is_empty();
-    while start < n {
-        let prefix = usize::from(need_visible);
-        let mut sql = String::new();
-        if need_visible {
-            sql.push_str(&visible_sql(&batch.xids));
+
+    /// Run the batch's checks. Errors of the connection itself are returned; a policy that
+    /// raises only fails its own group.
+    pub(crate) async fn run(&mut self, batch: &Batch) -> Result<Answers, tokio_postgres::Error> {
+        let n = batch.groups.len();
+        if n == 0 {
+            return Ok(Answers::default());
         }
-        for g in &batch.groups[start..] {
-            sql.push_str(&set_claims_sql(&g.claims));
-            sql.push_str(&exists_sql(g));
+        if self.set_claims.is_none() {
+            self.set_claims = Some(self.client.prepare(SET_CLAIMS).await?);
         }
-        for g in &mut answers.groups[start..] {
-            *g = Some(vec![false; 0]);
+        if self.visible.is_none() {
+            self.visible = Some(self.client.prepare(VISIBLE).await?);
         }
-        let mut visible = true;
-        let mut done = 0usize; // statements completed
-        let mut failed_at = None;
-        let stream = client.simple_query_raw(&sql).await?;
-        pin_mut!(stream);
+        let sqls: Vec<String> = batch.groups.iter().map(|g| exists_sql(&g.table)).collect();
+        for sql in &sqls {
+            if !self.exists.contains_key(sql) {
+                match self.client.prepare(sql).await {
+                    Ok(st) => {
+                        self.exists.insert(sql.clone(), st);
+                    }
+                    Err(e) if e.as_db_error().is_none() => return Err(e),
+                    Err(e) => tracing::warn!(error = %e, "RLS check cannot be prepared"),
+                }
+            }
+        }
+        let (Some(set_claims), Some(visible)) = (&self.set_claims, &self.visible) else {
+            return Ok(Answers::default());
+        };
+        let statements: Vec<Prepared<'_>> = sqls
+            .iter()
+            .map(|s| self.exists.get(s).map_or(Prepared::Failed, Prepared::Ready))
+            .collect();
+        let xids: Vec<i64> = batch.xids.iter().map(|x| i64::from(*x)).collect();
+        let keys: Vec<Vec<Vec<&str>>> = batch
+            .groups
+            .iter()
+            .map(|g| {
+                let width = g.keys.first().map_or(0, Vec::len);
+                (0..width)
+                    .map(|i| {
+                        g.keys
+                            .iter()
+                            .map(|k| k.get(i).map_or("", String::as_str))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let client = &*self.client;
+        let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            match stream.try_next().await {
-                Ok(Some(SimpleQueryMessage::CommandComplete(_))) => done += 1,
-                Ok(Some(SimpleQueryMessage::Row(row))) => {
-                    if done < prefix {
-                        visible = row.get(0) != Some("f");
-                    } else if (done - prefix) % 2 == 1 {
-                        let g = start + (done - prefix) / 2;
-                        let ord: usize = row.get(0).and_then(|v| v.parse().ok()).unwrap_or(0);
-                        let len = batch.groups[g].keys.len();
-                        if let Some(Some(vis)) = answers.groups.get_mut(g) {
-                            if vis.is_empty() {
-                                vis.resize(len, false);
+            // One pipeline: the visibility probe, then per group its claims and its check, in
+            // this order on the connection (futures are sent in the order first polled).
+            let probe = async {
+                if xids.is_empty() {
+                    Ok(true)
+                } else {
+                    let row = client.query_one(visible, &[&xids]).await?;
+                    Ok::<bool, tokio_postgres::Error>(row.get::<_, Option<bool>>(0).unwrap_or(true))
+                }
+            };
+            let groups =
+                batch
+                    .groups
+                    .iter()
+                    .zip(&statements)
+                    .zip(&keys)
+                    .map(|((g, st), keys)| async move {
+                        let sub = g.claims.sub.as_deref().unwrap_or("");
+                        let params: Vec<&(dyn ToSql + Sync)> =
+                            keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+                        // both sent before either is awaited: the check runs right after its claims
+                        let claims: [&(dyn ToSql + Sync); 3] =
+                            [&g.claims.role, &g.claims.json, &sub];
+                        let set = client.query(set_claims, &claims);
+                        let check = async {
+                            match st {
+                                Prepared::Ready(st) => Some(client.query(*st, &params).await),
+                                Prepared::Failed => None,
                             }
-                            if (1..=len).contains(&ord) {
-                                vis[ord - 1] = true;
+                        };
+                        futures_util::future::join(set, check).await
+                    });
+            let (visible_now, results) = futures_util::future::join(probe, join_all(groups)).await;
+            if !visible_now? && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                continue;
+            }
+            let mut answers = Answers {
+                groups: Vec::with_capacity(n),
+            };
+            for (g, (set, rows)) in batch.groups.iter().zip(results) {
+                let failed = |e: &tokio_postgres::Error| {
+                    tracing::warn!(role = %g.claims.role, table = %g.table.table, error = %e, "RLS policy evaluation failed");
+                };
+                let answer = match (set, rows) {
+                    (Err(e), _) | (_, Some(Err(e))) if e.as_db_error().is_none() => return Err(e),
+                    (Err(e), _) | (_, Some(Err(e))) => {
+                        failed(&e);
+                        None
+                    }
+                    (Ok(_), None) => None,
+                    (Ok(_), Some(Ok(rows))) => {
+                        let mut vis = vec![false; g.keys.len()];
+                        for r in rows {
+                            let ord: i64 = r.get(0);
+                            if let Some(v) = usize::try_from(ord)
+                                .ok()
+                                .and_then(|o| vis.get_mut(o.wrapping_sub(1)))
+                            {
+                                *v = true;
                             }
                         }
+                        Some(vis)
                     }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) if e.as_db_error().is_none() => return Err(e),
-                Err(e) => {
-                    if done < prefix {
-                        return Err(e);
-                    }
-                    let g = start + (done - prefix) / 2;
-                    let c = &batch.groups[g].claims;
-                    tracing::warn!(role = %c.role, table = %batch.groups[g].table.table, error = %e, "RLS policy evaluation failed");
-                    failed_at = Some(g);
-                    break;
-                }
+                };
+                answers.groups.push(answer);
             }
+            return Ok(answers);
         }
-        if !visible && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-            continue;
-        }
-        need_visible = false;
-        match failed_at {
-            Some(g) => {
-                answers.groups[g] = None;
-                start = g + 1;
-            }
-            None => break,
-        }
-    }
-    Ok(answers)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn array_literals_quote_every_element() {
-        assert_eq!(array_literal(["1", "2"].into_iter()), r#"{"1","2"}"#);
-        assert_eq!(array_literal([r#"a"b\c"#].into_iter()), r#"{"a\"b\\c"}"#);
-        assert_eq!(array_literal(std::iter::empty()), "{}");
     }
 }
