@@ -28,9 +28,12 @@ mod fanout;
 mod http;
 mod limits;
 mod metrics;
+mod migrate;
+mod outbox;
 pub mod postgres;
 mod presence;
 mod registry;
+mod replication;
 mod state;
 
 use std::io;

@@ -6,7 +6,6 @@
 //! and no socket can slow another down.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -14,20 +13,11 @@ use supa_realtime_protocol::presence::PresenceDiff;
 use supa_realtime_protocol::{event, Message, Serializer};
 use tokio::sync::mpsc;
 
-use crate::connection::{Control, Outbox};
-use crate::fanout::{Body, Encoded};
+use crate::fanout::{Body, Encoded, SubId};
 use crate::limits::RateCounter;
 use crate::metrics::Metrics;
+use crate::outbox::{Control, Outbox};
 use crate::presence::PresenceTracker;
-
-/// Identifies one channel instance (one successful join) server-wide.
-pub(crate) type SubId = u64;
-
-static NEXT_SUB: AtomicU64 = AtomicU64::new(1);
-
-pub(crate) fn next_sub_id() -> SubId {
-    NEXT_SUB.fetch_add(1, Ordering::Relaxed)
-}
 
 /// Which room: public and private channels with one name are different rooms.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

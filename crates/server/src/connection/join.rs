@@ -15,10 +15,10 @@ use crate::auth::{Claims, JwtError};
 use crate::database::authorization::ReadAccess;
 use crate::database::replay::StoredMessage;
 use crate::database::UNABLE_TO_CONNECT;
-use crate::fanout::to_ws;
+use crate::fanout::{next_sub_id, to_ws};
 use crate::limits::SlidingWindow;
 use crate::postgres::{Binding, FeedEvent, SubscribeRequest, Subscription};
-use crate::registry::{next_sub_id, Subscriber, TopicKey};
+use crate::registry::{Subscriber, TopicKey};
 
 /// Token checks happen at least this often, as upstream re-verifies channel tokens.
 const MAX_TOKEN_CHECK: Duration = Duration::from_secs(300);
@@ -291,27 +291,20 @@ impl Connection {
                 _ => "system",
             };
             let frame = match ev {
-                // The change's JSON was made once for every channel it goes to; only the ids
-                // differ per channel. Keys in upstream's (sorted) order: data, ids.
-                FeedEvent::Change { ids, data } => {
-                    let ids = Value::from(ids).to_string();
-                    let payload = format!("{{\"data\":{},\"ids\":{ids}}}", data.json());
-                    serializer.encode_server_raw(
-                        None,
-                        None,
-                        &wire_topic,
-                        event::POSTGRES_CHANGES,
-                        &payload,
-                    )
-                }
-                ev => serializer.encode_server_message(&feed_message(
+                // Encoded once per serializer for every channel of this topic that gets the
+                // same change with the same ids (the fan-out's `Encoded`).
+                FeedEvent::Change(change) => match change.frame(serializer) {
+                    Some(frame) => frame,
+                    None => return,
+                },
+                ev => to_ws(serializer.encode_server_message(&feed_message(
                     &wire_topic,
                     &channel_name,
                     &join_ref,
                     ev,
-                )),
+                ))),
             };
-            if outbox.send(to_ws(frame)) {
+            if outbox.send(frame) {
                 metrics.messages_out(kind, 1);
             }
         });
@@ -392,11 +385,9 @@ fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: Fee
             event::SYSTEM,
             json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name}),
         ),
-        FeedEvent::Change { ids, data } => Message::fanout(
-            wire_topic,
-            event::POSTGRES_CHANGES,
-            json!({"ids": ids, "data": data.value()}),
-        ),
+        FeedEvent::Change(change) => {
+            Message::fanout(wire_topic, event::POSTGRES_CHANGES, change.payload())
+        }
     }
 }
 

@@ -7,7 +7,6 @@
 
 mod channel;
 mod join;
-mod outbox;
 mod push;
 
 use std::collections::HashMap;
@@ -26,22 +25,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Claims;
-use crate::fanout::to_ws;
-use crate::registry::SubId;
+use crate::fanout::{to_ws, SubId};
+use crate::outbox;
 use crate::state::AppState;
 
+pub(crate) use crate::outbox::{close_code, Control, Outbox};
 pub(crate) use channel::Channel;
 pub(crate) use join::may_use_private_channel;
-pub(crate) use outbox::{close_code, Outbox};
-
-/// Messages from other tasks to a connection's read loop.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Close channel `sub` with a `system` error `message`, then `phx_close`.
-    CloseChannel { sub: SubId, message: String },
-    /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
-    TokenCheck { sub: SubId, generation: u64 },
-}
 
 /// How the socket authenticated.
 pub(crate) struct ConnectInfo {

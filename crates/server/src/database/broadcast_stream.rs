@@ -19,10 +19,25 @@ use tokio_util::sync::CancellationToken;
 use super::Database;
 use crate::fanout::Body;
 use crate::metrics::Stream;
-use crate::postgres::pgoutput::{self, Datum, Message, Relation};
-use crate::postgres::replication::{quote_ident, ConnParams, ReplMessage, ReplicationConnection};
 use crate::registry::TopicKey;
+use crate::replication::pgoutput::{self, Datum, Message, Relation};
+use crate::replication::{quote_ident, ConnParams, ReplMessage, ReplicationConnection};
 use crate::state::AppState;
+
+/// Why a streaming session ended (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error("{0}")]
+    Database(#[from] super::DbError),
+    #[error("invalid database URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("{0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("replication: {0}")]
+    Replication(#[from] crate::replication::ReplError),
+    #[error("replication: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// The publication upstream streams `realtime.messages` from.
 pub(crate) const PUBLICATION: &str = "supabase_realtime_messages_publication";
@@ -66,18 +81,13 @@ async fn session(
     state: &Arc<AppState>,
     db: &Database,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
-    let client = db.client().await.map_err(|e| e.to_string())?;
-    client
-        .batch_execute(ENSURE_PUBLICATION)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), StreamError> {
+    let client = db.client().await?;
+    client.batch_execute(ENSURE_PUBLICATION).await?;
     drop(client);
-    let cfg: tokio_postgres::Config = db.url.parse().map_err(|e| format!("{e}"))?;
-    let params = ConnParams::from_config(&cfg).map_err(|e| e.to_string())?;
-    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
+    let cfg: tokio_postgres::Config = db.url.parse().map_err(StreamError::Url)?;
+    let params = ConnParams::from_config(&cfg)?;
+    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
     let slot = format!(
         "supabase_realtime_messages_replication_slot_{:08x}",
         rand::random::<u32>()
@@ -86,11 +96,8 @@ async fn session(
         "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
         quote_ident(&slot)
     ))
-    .await
-    .map_err(|e| e.to_string())?;
-    repl.start_logical(&slot, 0, PUBLICATION)
-        .await
-        .map_err(|e| e.to_string())?;
+    .await?;
+    repl.start_logical(&slot, 0, PUBLICATION).await?;
     tracing::info!(slot, "streaming database broadcasts from realtime.messages");
     db.streaming.store(true, Ordering::SeqCst);
 
@@ -102,11 +109,11 @@ async fn session(
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = status.tick() => {
-                repl.send_status(confirmed, false).await.map_err(|e| e.to_string())?;
+                repl.send_status(confirmed, false).await?;
                 state.metrics.replication_confirmed(Stream::DatabaseBroadcast, confirmed, 0);
                 continue;
             }
-            m = repl.next() => m.map_err(|e| e.to_string())?,
+            m = repl.next() => m?,
         };
         match msg {
             ReplMessage::XLogData { data } => match pgoutput::decode(data) {
@@ -130,9 +137,7 @@ async fn session(
             ReplMessage::Keepalive { wal_end, reply } => {
                 confirmed = confirmed.max(wal_end);
                 if reply {
-                    repl.send_status(confirmed, false)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    repl.send_status(confirmed, false).await?;
                 }
             }
         }

@@ -17,12 +17,12 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, TableInfo};
 use super::eval::{self, Row};
-use super::pgoutput::{Datum, Relation};
 use super::registry::{Claims, Registry, SubEntry};
 use super::rls::{self, Slot};
 use super::subscribe::Action;
 use super::types::{self, Kind};
-use super::{ChangeData, FeedEvent};
+use super::{ChangeData, ChangeFrame, FeedEvent};
+use crate::replication::pgoutput::{Datum, Relation};
 
 /// One row change, as decoded.
 pub(crate) struct Change<'a> {
@@ -344,6 +344,8 @@ impl Prepared {
     /// Hand the change to every channel that may see it. Returns the number of deliveries.
     pub(crate) fn deliver(self, answers: &rls::Answers) -> usize {
         let mut built: HashMap<Outcome, Arc<ChangeData>> = HashMap::new();
+        // one message per (outcome, topic, ids), shared by the channels that get exactly it
+        let mut frames: HashMap<(Outcome, &str, Vec<u32>), ChangeFrame> = HashMap::new();
         let mut deliveries = 0;
         for m in &self.matched {
             let vis = &self.roles[&m.claims.role];
@@ -376,11 +378,15 @@ impl Prepared {
                     Some(d) => d.clone(),
                     None => {
                         let d = Arc::new(ChangeData::new(self.build(&outcome, Some(vis))));
-                        built.insert(outcome, d.clone());
+                        built.insert(outcome.clone(), d.clone());
                         d
                     }
                 };
-                m.entry.send(FeedEvent::Change { ids, data });
+                let frame = frames
+                    .entry((outcome, m.entry.topic.as_str(), ids))
+                    .or_insert_with_key(|(_, topic, ids)| ChangeFrame::new(topic, ids, &data))
+                    .clone();
+                m.entry.send(FeedEvent::Change(frame));
                 deliveries += 1;
             }
         }

@@ -27,15 +27,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{self, TableInfo};
 use super::dispatch::{self, Change, DispatchCache, Prepared};
-use super::pgoutput::{self, Message, Relation};
 use super::registry::{Registry, SubEntry, SubState};
-use super::replication::{format_lsn, ConnParams, ReplError, ReplMessage, ReplicationConnection};
 use super::rls;
 use super::setup;
 use super::subscribe::{self, Action, CompileCtx};
 use super::types::Kind;
-use super::{FeedEvent, PostgresConfig};
+use super::{FeedError, FeedEvent, PostgresConfig};
 use crate::metrics::{Metrics, Stream};
+use crate::replication::pgoutput::{self, Message, Relation};
+use crate::replication::{format_lsn, ConnParams, ReplError, ReplMessage, ReplicationConnection};
 
 /// What channels are told when the database cannot be reached (upstream's text for a tenant
 /// database it cannot connect to).
@@ -196,27 +196,22 @@ async fn activate_inner(shared: Arc<Shared>, entry: Arc<SubEntry>, client: Arc<C
 /// Session settings that shape the text values are typed from (see types.rs).
 const CONN_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=1 -c bytea_output=hex -c standard_conforming_strings=on";
 
-fn pg_config(url: &str, app: &str) -> Result<tokio_postgres::Config, String> {
-    let mut cfg =
-        tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid database URL: {e}"))?;
+fn pg_config(url: &str, app: &str) -> Result<tokio_postgres::Config, FeedError> {
+    let mut cfg = tokio_postgres::Config::from_str(url).map_err(FeedError::Url)?;
     cfg.application_name(app);
     cfg.options(CONN_OPTIONS);
     cfg.connect_timeout(Duration::from_secs(10));
     Ok(cfg)
 }
 
-async fn connect(cfg: &tokio_postgres::Config) -> Result<Arc<Client>, String> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+async fn connect(cfg: &tokio_postgres::Config) -> Result<Arc<Client>, FeedError> {
+    let (client, conn) = cfg.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "postgres connection ended");
         }
     });
     Ok(Arc::new(client))
-}
-
-fn errs<E: std::fmt::Display>(e: E) -> String {
-    e.to_string()
 }
 
 /// The background task.
@@ -235,7 +230,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let err = match result {
             Ok(()) => "replication stream ended".to_string(),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         if reached_stream {
             attempt = 0;
@@ -274,11 +269,11 @@ async fn session(
     shutdown: &CancellationToken,
     first: &mut bool,
     reached_stream: &mut bool,
-) -> Result<(), String> {
+) -> Result<(), FeedError> {
     let cfg = &shared.cfg;
     let sub_cfg = pg_config(&cfg.database_url, "supa_realtime_subscribe")?;
     let feed_cfg = pg_config(&cfg.database_url, "supa_realtime_rls")?;
-    let params = ConnParams::from_config(&sub_cfg).map_err(errs)?;
+    let params = ConnParams::from_config(&sub_cfg)?;
     let sub_client = connect(&sub_cfg).await?;
     let client = connect(&feed_cfg).await?;
     // RLS checks are pipelined over their own connections, so a batch in flight never waits
@@ -292,15 +287,9 @@ async fn session(
     for _ in 0..CHECKERS {
         free.push(rls::Checker::new(connect(&check_cfg).await?));
     }
-    setup::prepare(&client, &cfg.publication)
-        .await
-        .map_err(errs)?;
-    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
-        .await
-        .map_err(errs)?;
-    let created = setup::ensure_slot(&client, &mut repl, &cfg.slot_name)
-        .await
-        .map_err(errs)?;
+    setup::prepare(&client, &cfg.publication).await?;
+    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
+    let created = setup::ensure_slot(&client, &mut repl, &cfg.slot_name).await?;
     tracing::info!(slot = %cfg.slot_name, publication = %cfg.publication, "postgres_changes: connected to the database");
 
     *shared.phase.lock() = Phase::Up(sub_client.clone());
@@ -342,15 +331,11 @@ async fn session(
             Err(ReplError::Server { code, message }) if code == "55006" && tries < 3 => {
                 tries += 1;
                 tracing::warn!(%message, "replication slot in use; terminating the holder");
-                setup::release_slot(&client, &cfg.slot_name)
-                    .await
-                    .map_err(errs)?;
+                setup::release_slot(&client, &cfg.slot_name).await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
-                    .await
-                    .map_err(errs)?;
+                repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
     *reached_stream = true;
@@ -392,7 +377,7 @@ async fn session(
             }
             Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
                 free.push(checker);
-                let answers = answers.map_err(errs)?;
+                let answers = answers?;
                 if !batch.checks.is_empty() {
                     shared.metrics.rls_check(took, batch.checks.checks());
                 }
@@ -411,7 +396,7 @@ async fn session(
                     shared.delivered_lsn.fetch_max(confirmed, Ordering::AcqRel);
                     // every change up to this commit is in the sinks: confirm now, so a crash
                     // right after does not replay it
-                    repl.send_status(confirmed, false).await.map_err(errs)?;
+                    repl.send_status(confirmed, false).await?;
                     sent = confirmed;
                     last_status = Instant::now();
                     shared.status.lock().confirmed_lsn = sent;
@@ -420,7 +405,7 @@ async fn session(
             }
             _ = tick.tick() => {
                 if confirmed > sent || last_status.elapsed() > Duration::from_secs(10) {
-                    repl.send_status(confirmed.max(sent), false).await.map_err(errs)?;
+                    repl.send_status(confirmed.max(sent), false).await?;
                     sent = confirmed.max(sent);
                     last_status = Instant::now();
                     shared.status.lock().confirmed_lsn = sent;
@@ -432,7 +417,7 @@ async fn session(
                 }
             }
             msg = repl.next(), if can_read => {
-                match msg.map_err(errs)? {
+                match msg? {
                     ReplMessage::Keepalive { wal_end, reply } => {
                         // nothing open or queued: everything before the WAL end is handled
                         if !in_txn && building.is_empty() && inflight.is_empty() && wal_end > confirmed {
@@ -440,13 +425,13 @@ async fn session(
                             shared.delivered_lsn.fetch_max(confirmed, Ordering::AcqRel);
                         }
                         if reply {
-                            repl.send_status(confirmed.max(sent), false).await.map_err(errs)?;
+                            repl.send_status(confirmed.max(sent), false).await?;
                             sent = confirmed.max(sent);
                             last_status = Instant::now();
                         }
                     }
                     ReplMessage::XLogData { data } => {
-                        match pgoutput::decode(data).map_err(errs)? {
+                        match pgoutput::decode(data)? {
                             Message::Begin { commit_ts: ts, xid: x, final_lsn } => {
                                 in_txn = true;
                                 commit_ts = ts;
@@ -469,7 +454,7 @@ async fn session(
                                 building.commit_ts = commit_ts;
                             }
                             Message::Relation(rel) => {
-                                let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await.map_err(errs)?;
+                                let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await?;
                                 if let Some(t) = &info {
                                     cache.visible.retain(|(_, oid), _| *oid != t.oid);
                                 }
@@ -556,7 +541,7 @@ impl Ctx<'_> {
         new: Option<&[pgoutput::Datum]>,
         old: Option<&[pgoutput::Datum]>,
         old_is_key_only: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), FeedError> {
         let Some((relation, Some(table))) = self.relations.get(&rel) else {
             return Ok(());
         };
@@ -578,8 +563,7 @@ impl Ctx<'_> {
             &mut batch.checks,
             self.xid,
         )
-        .await
-        .map_err(errs)?;
+        .await?;
         if let Some(p) = prepared {
             batch.items.push(p);
         }
@@ -588,9 +572,7 @@ impl Ctx<'_> {
 }
 
 /// Drop the slot and the publication (the `cleanup` request).
-pub(crate) async fn cleanup(cfg: &PostgresConfig) -> Result<(), String> {
+pub(crate) async fn cleanup(cfg: &PostgresConfig) -> Result<(), FeedError> {
     let client = connect(&pg_config(&cfg.database_url, "supa_realtime_cleanup")?).await?;
-    setup::cleanup(&client, &cfg.slot_name, &cfg.publication)
-        .await
-        .map_err(errs)
+    Ok(setup::cleanup(&client, &cfg.slot_name, &cfg.publication).await?)
 }

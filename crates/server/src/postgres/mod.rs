@@ -23,18 +23,19 @@ use tokio_util::sync::CancellationToken;
 
 mod catalog;
 mod dispatch;
+mod error;
 mod eval;
 mod feed;
 mod filter;
-pub(crate) mod pgoutput;
 mod registry;
-pub(crate) mod replication;
 mod rls;
 mod setup;
 mod subscribe;
 mod types;
 
+use crate::fanout::{Body, Encoded};
 use crate::metrics::Metrics;
+pub use error::FeedError;
 use registry::{Claims, SubEntry, SubState};
 
 /// Settings of the change feed.
@@ -87,13 +88,47 @@ pub enum FeedEvent {
     Subscribed,
     /// The subscription failed or the database went away; the text is the system message.
     Error(String),
-    /// A change visible to the bindings `ids` of this channel.
-    Change {
-        /// Matching binding ids of this channel.
-        ids: Vec<u32>,
-        /// The `data` object (schema, table, type, commit_timestamp, columns, record, old_record, errors).
-        data: Arc<ChangeData>,
-    },
+    /// A change visible to some bindings of this channel.
+    Change(ChangeFrame),
+}
+
+/// One `postgres_changes` message (`{"data": .., "ids": ..}` for a topic), shared by every
+/// channel of that topic that gets the same change with the same ids: it goes through the
+/// fan-out's encode-once cell, so it is serialized once per serializer, not once per channel.
+#[derive(Debug, Clone)]
+pub struct ChangeFrame(Arc<Encoded>);
+
+impl ChangeFrame {
+    /// The message for `topic` (the sub-topic), ids and data.
+    pub(crate) fn new(topic: &str, ids: &[u32], data: &ChangeData) -> ChangeFrame {
+        // Keys in upstream's (sorted) order: data, ids.
+        let payload = format!(
+            "{{\"data\":{},\"ids\":{}}}",
+            data.json(),
+            Value::from(ids.to_vec())
+        );
+        ChangeFrame(Arc::new(Encoded::new(Body::Raw {
+            topic: format!("{}{topic}", supa_realtime_protocol::TOPIC_PREFIX),
+            event: supa_realtime_protocol::event::POSTGRES_CHANGES,
+            payload,
+        })))
+    }
+
+    /// The frame for a socket using `serializer`.
+    pub(crate) fn frame(
+        &self,
+        serializer: supa_realtime_protocol::Serializer,
+    ) -> Option<axum::extract::ws::Message> {
+        self.0.frame(serializer)
+    }
+
+    /// The payload as JSON.
+    pub(crate) fn payload(&self) -> Value {
+        match self.0.body() {
+            Body::Raw { payload, .. } => serde_json::from_str(payload).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
 }
 
 /// A change's `data` object, shared by every channel it goes to, with its JSON text made on
@@ -226,7 +261,7 @@ impl ChangeFeed {
     }
 
     /// Drop the replication slot and the publication (run while no feed uses them).
-    pub async fn cleanup(config: &PostgresConfig) -> Result<(), String> {
+    pub async fn cleanup(config: &PostgresConfig) -> Result<(), FeedError> {
         feed::cleanup(config).await
     }
 }

@@ -48,7 +48,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::catalog::TableInfo;
 use super::registry::Claims;
-use super::replication::quote_ident;
+use crate::replication::quote_ident;
 
 /// Where the answer for one (claims, row) pair will be: group index and ordinal in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,6 @@
-//! The one writer task of a socket, and the bounded queue everyone else writes into.
+//! The two queues of a socket that other tasks write into: the bounded queue of frames its one
+//! writer task sends ([`Outbox`]), and the control messages its read loop handles
+//! ([`Control`]). They sit below the registry and the connection, which both use them.
 //!
 //! Fan-out never waits on a socket: it `try_send`s into the queue. A full queue means the
 //! client is not reading fast enough, and the [`SlowConsumerPolicy`] decides: close the
@@ -15,7 +17,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
+use crate::fanout::SubId;
 use crate::metrics::Metrics;
+
+/// Messages from other tasks to a connection's read loop.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Close channel `sub` with a `system` error `message`, then `phx_close`.
+    CloseChannel { sub: SubId, message: String },
+    /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
+    TokenCheck { sub: SubId, generation: u64 },
+}
 
 /// A frame for the writer.
 #[derive(Debug)]
