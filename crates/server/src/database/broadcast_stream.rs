@@ -20,8 +20,9 @@ use super::Database;
 use crate::fanout::Body;
 use crate::metrics::Stream;
 use crate::registry::TopicKey;
-use crate::replication::pgoutput::{self, Datum, Message, Relation};
-use crate::replication::{quote_ident, ConnParams, ReplMessage, ReplicationConnection};
+use crate::replication::pgoutput::{Datum, Message, Relation};
+use crate::replication::stream::{Frame, LogicalStream};
+use crate::replication::{quote_ident, ConnParams, ReplicationConnection};
 use crate::state::AppState;
 
 /// Why a streaming session ended (it is retried with backoff).
@@ -97,49 +98,48 @@ async fn session(
         quote_ident(&slot)
     ))
     .await?;
-    repl.start_logical(&slot, 0, PUBLICATION).await?;
+    let mut stream = LogicalStream::start(repl, &slot, 0, PUBLICATION)
+        .await
+        .map_err(|(_, e)| e)?;
     tracing::info!(slot, "streaming database broadcasts from realtime.messages");
     db.streaming.store(true, Ordering::SeqCst);
 
     let mut relations: HashMap<u32, Relation> = HashMap::new();
-    let mut confirmed = 0u64;
     let mut commit_ts = 0i64;
-    let mut status = tokio::time::interval(Duration::from_secs(10));
+    let mut status = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let msg = tokio::select! {
+        let frame = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = status.tick() => {
-                repl.send_status(confirmed, false).await?;
-                state.metrics.replication_confirmed(Stream::DatabaseBroadcast, confirmed, 0);
+                stream.tick().await?;
+                state.metrics.replication_confirmed(Stream::DatabaseBroadcast, stream.confirmed(), 0);
                 continue;
             }
-            m = repl.next() => m?,
+            f = stream.next() => f?,
         };
-        match msg {
-            ReplMessage::XLogData { data } => match pgoutput::decode(data) {
-                Ok(Message::Relation(r)) => {
-                    relations.insert(r.id, r);
-                }
-                Ok(Message::Insert { rel, new }) => {
-                    if let Some(r) = relations.get(&rel) {
-                        if r.schema == "realtime" && r.table.starts_with("messages") {
-                            deliver(state, r, &new);
-                            state.metrics.database_broadcast(commit_ts);
-                        }
+        match frame {
+            Frame::Message(Message::Relation(r)) => {
+                relations.insert(r.id, r);
+            }
+            Frame::Message(Message::Insert { rel, new }) => {
+                if let Some(r) = relations.get(&rel) {
+                    if r.schema == "realtime" && r.table.starts_with("messages") {
+                        deliver(state, r, &new);
+                        state.metrics.database_broadcast(commit_ts);
                     }
                 }
-                Ok(Message::Begin { commit_ts: ts, .. }) => commit_ts = ts,
-                Ok(Message::Commit { end_lsn, .. }) => confirmed = confirmed.max(end_lsn),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "undecodable replication message skipped"),
-            },
-            // Everything before the server's WAL end has been received and handled in order.
-            ReplMessage::Keepalive { wal_end, reply } => {
-                confirmed = confirmed.max(wal_end);
-                if reply {
-                    repl.send_status(confirmed, false).await?;
-                }
             }
+            Frame::Message(Message::Begin { commit_ts: ts, .. }) => commit_ts = ts,
+            // handed to the subscribers' queues in order: confirmed at the next tick
+            Frame::Message(Message::Commit { end_lsn, .. }) => {
+                stream.idle(end_lsn, false, true).await?
+            }
+            Frame::Message(_) => {}
+            Frame::Undecodable(e) => {
+                tracing::warn!(error = %e, "undecodable replication message skipped")
+            }
+            // Everything before the server's WAL end has been received and handled in order.
+            Frame::Keepalive { wal_end, reply } => stream.idle(wal_end, reply, true).await?,
         }
     }
 }

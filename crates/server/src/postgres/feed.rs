@@ -1,16 +1,24 @@
 //! The feed's life: connect, set up, (re)activate subscriptions, stream, dispatch, confirm,
-//! and on any failure tell the channels, back off and start over from the slot's confirmed
-//! position.
+//! and on any failure tell the channels, back off and start over from what was delivered.
 //!
-//! Connections: one replication connection (streaming), one query connection for subscribe
-//! work (catalog, filter casts), one for the feed task itself (RLS checks, relation reloads:
-//! it runs transactions, so nothing else may interleave on it).
+//! Connections: one replication connection (streaming, through `replication::stream`), one
+//! query connection for subscribe work (catalog, filter casts), one for the feed task itself
+//! (relation reloads, visible columns), and [`CHECKERS`] connections that answer RLS checks.
 //!
-//! Position: the slot is permanent. Its confirmed position is advanced (standby status update)
-//! only to the end of a transaction whose changes have all been handed to the sinks, or to a
-//! keepalive position while no transaction is open. After a server restart the stream starts
-//! `resume_grace_ms` after the process start, so channels that rejoin in that window receive
-//! what was committed while the server was down.
+//! A change from the slot to the sinks: the stream yields a decoded message; `dispatch::prepare`
+//! matches it against the subscriptions and queues its RLS checks in the batch being built; a
+//! free checker takes the whole batch (one change when idle, everything that arrived
+//! meanwhile when busy: large batches exactly when they pay); batches complete in stream
+//! order (`FuturesOrdered`), and each one's changes are handed to the sinks by
+//! `Prepared::deliver`, in order.
+//!
+//! Position: the slot is permanent. Its confirmed position is advanced only to the end of a
+//! transaction whose batch has been delivered, or to a keepalive position while nothing is
+//! open or queued. After a reconnect the stream starts from the last delivered position, and
+//! transactions that end before it are skipped, so nothing is delivered twice even when the
+//! slot's position on disk went backwards (a database restart). After a server restart the
+//! stream starts `resume_grace_ms` after the process start, so channels that rejoin in that
+//! window receive what was committed while the server was down.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -35,7 +43,8 @@ use super::types::Kind;
 use super::{FeedError, FeedEvent, PostgresConfig};
 use crate::metrics::{Metrics, Stream};
 use crate::replication::pgoutput::{self, Message, Relation};
-use crate::replication::{format_lsn, ConnParams, ReplError, ReplMessage, ReplicationConnection};
+use crate::replication::stream::{Frame, LogicalStream};
+use crate::replication::{format_lsn, ConnParams, ReplError, ReplicationConnection};
 
 /// What channels are told when the database cannot be reached (upstream's text for a tenant
 /// database it cannot connect to).
@@ -322,22 +331,19 @@ async fn session(
     let resume_from = shared.delivered_lsn.load(Ordering::Acquire);
     // START_REPLICATION; a slot still held by a dead predecessor's walsender is released
     let mut tries = 0;
-    loop {
-        match repl
-            .start_logical(&cfg.slot_name, resume_from, &cfg.publication)
-            .await
-        {
-            Ok(()) => break,
-            Err(ReplError::Server { code, message }) if code == "55006" && tries < 3 => {
+    let mut stream = loop {
+        match LogicalStream::start(repl, &cfg.slot_name, resume_from, &cfg.publication).await {
+            Ok(stream) => break stream,
+            Err((_, ReplError::Server { code, message })) if code == "55006" && tries < 3 => {
                 tries += 1;
                 tracing::warn!(%message, "replication slot in use; terminating the holder");
                 setup::release_slot(&client, &cfg.slot_name).await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
             }
-            Err(e) => return Err(e.into()),
+            Err((_, e)) => return Err(e.into()),
         }
-    }
+    };
     *reached_stream = true;
     shared.status.lock().streaming = true;
     tracing::info!(slot = %cfg.slot_name, "postgres_changes: streaming");
@@ -345,9 +351,6 @@ async fn session(
     let mut relations: HashMap<u32, (Relation, Option<Arc<TableInfo>>)> = HashMap::new();
     let mut cache = DispatchCache::default();
     let mut kinds: HashMap<u32, Kind> = HashMap::new();
-    // what the database has been told is handled, and what is handled (delivered) here
-    let mut sent: u64 = resume_from;
-    let mut confirmed: u64 = resume_from;
     let mut in_txn = false;
     let mut skipping = false;
     let mut commit_ts: i64 = 0;
@@ -355,7 +358,6 @@ async fn session(
     let mut building = Batch::default();
     let mut inflight: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last_status = Instant::now();
     let mut last_cache_clear = Instant::now();
     loop {
         // A free checker takes what has accumulated: one change when idle (no added latency),
@@ -370,9 +372,7 @@ async fn session(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                if confirmed > sent {
-                    let _ = repl.send_status(confirmed, false).await;
-                }
+                let _ = stream.tick().await;
                 return Ok(());
             }
             Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
@@ -392,46 +392,36 @@ async fn session(
                     st.deliveries += n as u64;
                 }
                 if let Some(end_lsn) = batch.commit_end {
-                    confirmed = confirmed.max(end_lsn);
-                    shared.delivered_lsn.fetch_max(confirmed, Ordering::AcqRel);
+                    shared.delivered_lsn.fetch_max(end_lsn, Ordering::AcqRel);
                     // every change up to this commit is in the sinks: confirm now, so a crash
                     // right after does not replay it
-                    repl.send_status(confirmed, false).await?;
-                    sent = confirmed;
-                    last_status = Instant::now();
-                    shared.status.lock().confirmed_lsn = sent;
-                    shared.metrics.replication_confirmed(Stream::PostgresChanges, sent, batch.commit_ts);
+                    stream.confirm(end_lsn).await?;
+                    shared.status.lock().confirmed_lsn = stream.confirmed();
+                    shared.metrics.replication_confirmed(Stream::PostgresChanges, stream.confirmed(), batch.commit_ts);
                 }
             }
             _ = tick.tick() => {
-                if confirmed > sent || last_status.elapsed() > Duration::from_secs(10) {
-                    repl.send_status(confirmed.max(sent), false).await?;
-                    sent = confirmed.max(sent);
-                    last_status = Instant::now();
-                    shared.status.lock().confirmed_lsn = sent;
-                }
+                stream.tick().await?;
+                shared.status.lock().confirmed_lsn = stream.confirmed();
                 if last_cache_clear.elapsed() > Duration::from_secs(10) {
                     // column grants can change without a relation message
                     cache.visible.clear();
                     last_cache_clear = Instant::now();
                 }
             }
-            msg = repl.next(), if can_read => {
-                match msg? {
-                    ReplMessage::Keepalive { wal_end, reply } => {
+            frame = stream.next(), if can_read => {
+                match frame? {
+                    Frame::Keepalive { wal_end, reply } => {
                         // nothing open or queued: everything before the WAL end is handled
-                        if !in_txn && building.is_empty() && inflight.is_empty() && wal_end > confirmed {
-                            confirmed = wal_end;
-                            shared.delivered_lsn.fetch_max(confirmed, Ordering::AcqRel);
-                        }
-                        if reply {
-                            repl.send_status(confirmed.max(sent), false).await?;
-                            sent = confirmed.max(sent);
-                            last_status = Instant::now();
+                        let idle = !in_txn && building.is_empty() && inflight.is_empty();
+                        stream.idle(wal_end, reply, idle).await?;
+                        if idle {
+                            shared.delivered_lsn.fetch_max(stream.handled(), Ordering::AcqRel);
                         }
                     }
-                    ReplMessage::XLogData { data } => {
-                        match pgoutput::decode(data)? {
+                    Frame::Undecodable(e) => return Err(e.into()),
+                    Frame::Message(message) => {
+                        match message {
                             Message::Begin { commit_ts: ts, xid: x, final_lsn } => {
                                 in_txn = true;
                                 commit_ts = ts;
