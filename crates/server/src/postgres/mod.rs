@@ -31,7 +31,9 @@ mod registry;
 mod rls;
 mod setup;
 mod subscribe;
-mod types;
+
+/// The text-to-JSON typing, shared with the client (one implementation).
+use supa_realtime_protocol::pg_types as types;
 
 use crate::fanout::{Body, Encoded};
 use crate::metrics::Metrics;
