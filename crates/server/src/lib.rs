@@ -27,9 +27,13 @@ mod database;
 mod fanout;
 mod http;
 mod limits;
+mod metrics;
+mod migrate;
+mod outbox;
 pub mod postgres;
 mod presence;
 mod registry;
+mod replication;
 mod state;
 
 use std::io;
@@ -59,8 +63,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::new());
         let feed = match &config.database_url {
-            Some(url) => ChangeFeed::start(
+            Some(url) => ChangeFeed::start_measured(
                 PostgresConfig {
                     publication: config.publication.clone(),
                     slot_name: config.slot_name.clone(),
@@ -69,6 +74,7 @@ impl Server {
                     ..PostgresConfig::new(url.clone())
                 },
                 shutdown.clone(),
+                metrics.clone(),
             ),
             None => ChangeFeed::disabled(),
         };
@@ -84,6 +90,7 @@ impl Server {
             shutdown.clone(),
             feed,
             database.clone(),
+            metrics,
         ));
         if let Some(db) = database {
             tokio::spawn(database::broadcast_stream::run(

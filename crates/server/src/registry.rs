@@ -6,7 +6,7 @@
 //! and no socket can slow another down.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -14,19 +14,11 @@ use supa_realtime_protocol::presence::PresenceDiff;
 use supa_realtime_protocol::{event, Message, Serializer};
 use tokio::sync::mpsc;
 
-use crate::connection::{Control, Outbox};
-use crate::fanout::{Body, Encoded};
+use crate::fanout::{Body, Encoded, SubId};
 use crate::limits::{ClientRate, RateCounter};
+use crate::metrics::Metrics;
+use crate::outbox::{Control, Outbox};
 use crate::presence::PresenceTracker;
-
-/// Identifies one channel instance (one successful join) server-wide.
-pub(crate) type SubId = u64;
-
-static NEXT_SUB: AtomicU64 = AtomicU64::new(1);
-
-pub(crate) fn next_sub_id() -> SubId {
-    NEXT_SUB.fetch_add(1, Ordering::Relaxed)
-}
 
 /// Which room: public and private channels with one name are different rooms.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -60,6 +52,7 @@ pub(crate) struct Topic {
     pub(crate) key: TopicKey,
     subs: RwLock<HashMap<SubId, Subscriber>>,
     presence: Mutex<PresenceTracker>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a receiving channel is being closed by a fan-out.
@@ -67,11 +60,12 @@ pub(crate) const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 pub(crate) const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
 
 impl Topic {
-    fn new(key: TopicKey) -> Self {
+    fn new(key: TopicKey, metrics: Arc<Metrics>) -> Self {
         Topic {
             key,
             subs: RwLock::new(HashMap::new()),
             presence: Mutex::new(PresenceTracker::default()),
+            metrics,
         }
     }
 
@@ -177,6 +171,7 @@ impl Topic {
                 }
             }
         }
+        self.metrics.messages_out("broadcast", delivered as u64);
         delivered
     }
 
@@ -218,11 +213,13 @@ impl Topic {
             event::PRESENCE_DIFF,
             diff.to_wire(),
         )));
+        let mut sent = 0;
         for sub in subs.values().filter(|s| s.reads_presence) {
             if let Some(frame) = encoded.frame(sub.serializer) {
-                sub.outbox.send(frame);
+                sent += u64::from(sub.outbox.send(frame));
             }
         }
+        self.metrics.messages_out("presence_diff", sent);
     }
 }
 
@@ -237,12 +234,20 @@ fn close_channel(id: SubId, sub: &Subscriber, message: &'static str) -> bool {
 }
 
 /// All topics of the server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     topics: RwLock<HashMap<TopicKey, Arc<Topic>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            topics: RwLock::new(HashMap::new()),
+            metrics,
+        }
+    }
+
     /// Run `f` with the topic for `key`, creating it if needed. The registry's read lock is
     /// held meanwhile, so a concurrent [`Registry::release`] cannot drop the topic under us.
     pub(crate) fn with_topic<R>(&self, key: &TopicKey, f: impl FnOnce(&Arc<Topic>) -> R) -> R {
@@ -255,7 +260,7 @@ impl Registry {
         let mut topics = self.topics.write();
         let t = topics
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Topic::new(key.clone())))
+            .or_insert_with(|| Arc::new(Topic::new(key.clone(), self.metrics.clone())))
             .clone();
         let topics = parking_lot::RwLockWriteGuard::downgrade(topics);
         let r = f(&t);

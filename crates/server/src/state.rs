@@ -9,6 +9,7 @@ use crate::auth::JwtVerifier;
 use crate::config::Config;
 use crate::database::Database;
 use crate::limits::RateCounter;
+use crate::metrics::Metrics;
 use crate::postgres::ChangeFeed;
 use crate::registry::Registry;
 
@@ -35,6 +36,8 @@ pub(crate) struct AppState {
     pub(crate) feed: Arc<ChangeFeed>,
     /// The project database, when one is configured (private channels, database broadcast).
     pub(crate) database: Option<Arc<Database>>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -43,10 +46,11 @@ impl AppState {
         shutdown: CancellationToken,
         feed: Arc<ChangeFeed>,
         database: Option<Arc<Database>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         AppState {
             jwt: JwtVerifier::new(&config.jwt_secret),
-            registry: Registry::default(),
+            registry: Registry::new(metrics.clone()),
             events: RateCounter::new(config.max_events_per_second),
             joins: RateCounter::new(config.max_joins_per_second),
             presence_events: RateCounter::new(config.max_presence_events_per_second),
@@ -58,6 +62,7 @@ impl AppState {
             shutdown,
             feed,
             database,
+            metrics,
             config,
         }
     }

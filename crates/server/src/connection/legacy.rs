@@ -47,9 +47,13 @@ impl Connection {
         let (wire, channel, join_ref) = (wire_topic.to_owned(), name.to_owned(), join_ref.clone());
         let sink = Arc::new(move |ev: FeedEvent| {
             let frame = match ev {
-                FeedEvent::Change { data, .. } => {
-                    let event = data.value()["type"].as_str().unwrap_or("").to_owned();
-                    serializer.encode_server_raw(None, None, &wire, &event, data.json())
+                // The shared frame is the `postgres_changes` one; a legacy channel re-reads
+                // its data (older clients are few, so this copy per delivery is acceptable).
+                FeedEvent::Change(change) => {
+                    let payload = change.payload();
+                    let data = &payload["data"];
+                    let event = data["type"].as_str().unwrap_or("").to_owned();
+                    serializer.encode_server_raw(None, None, &wire, &event, &data.to_string())
                 }
                 ev => {
                     serializer.encode_server_message(&feed_message(&wire, &channel, &join_ref, ev))

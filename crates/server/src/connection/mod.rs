@@ -11,7 +11,6 @@ mod channel;
 mod db_events;
 mod join;
 mod legacy;
-mod outbox;
 mod push;
 mod readiness;
 
@@ -31,25 +30,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Claims;
-use crate::fanout::to_ws;
+use crate::fanout::{to_ws, SubId};
 use crate::limits::ClientRate;
-use crate::registry::SubId;
+use crate::outbox;
 use crate::state::AppState;
 
+pub(crate) use crate::outbox::{close_code, Control, Outbox};
 pub(crate) use channel::Channel;
 pub(crate) use join::may_use_private_channel;
-pub(crate) use outbox::{close_code, Outbox};
-
-/// Messages from other tasks to a connection's read loop.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Close channel `sub` with a `system` error `message`, then `phx_close`.
-    CloseChannel { sub: SubId, message: String },
-    /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
-    TokenCheck { sub: SubId, generation: u64 },
-    /// The database broadcast stream is up: tell channel `sub` (`broadcast.replication_ready`).
-    ReplicationReady { sub: SubId },
-}
 
 /// How the socket authenticated.
 pub(crate) struct ConnectInfo {
@@ -87,6 +75,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
         id,
         closer.clone(),
         state.shutdown.clone(),
+        state.metrics.clone(),
     );
     let (control, mut control_rx) = mpsc::channel(1024);
     let idle = Duration::from_millis(state.config.idle_timeout_ms);
@@ -181,7 +170,10 @@ impl Connection {
         };
         match decoded {
             Ok((ClientFrame::Message(m), len)) => self.on_message(m, len).await,
-            Ok((ClientFrame::UserBroadcast(b), len)) => self.on_user_broadcast(b, len).await,
+            Ok((ClientFrame::UserBroadcast(b), len)) => {
+                self.state.metrics.message_in("broadcast");
+                self.on_user_broadcast(b, len).await
+            }
             Ok((ClientFrame::BinaryPush(p), len)) => self.on_binary_push(p, len),
             Err(e) => {
                 // Upstream logs and drops malformed frames; the socket stays open.
@@ -192,6 +184,7 @@ impl Connection {
     }
 
     async fn on_message(&mut self, m: Message, frame_len: usize) {
+        self.state.metrics.message_in(&m.event);
         if m.topic == PHOENIX_TOPIC {
             if m.event == event::HEARTBEAT {
                 self.reply(&m, Status::Ok, json!({}));
@@ -275,6 +268,7 @@ impl Connection {
     /// Remove a channel from its topic (its presence leaves) and from this connection.
     fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
         let channel = self.channels.remove(topic)?;
+        self.state.metrics.channel_closed(channel.topic.key.private);
         channel
             .topic
             .remove(channel.sub, &self.state.presence_events);

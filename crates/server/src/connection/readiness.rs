@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{Connection, Control};
 use crate::database::Database;
-use crate::registry::SubId;
+use crate::fanout::SubId;
 
 /// How often upstream re-checks the replication connection.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);

@@ -1,4 +1,6 @@
-//! The one writer task of a socket, and the bounded queue everyone else writes into.
+//! The two queues of a socket that other tasks write into: the bounded queue of frames its one
+//! writer task sends ([`Outbox`]), and the control messages its read loop handles
+//! ([`Control`]). They sit below the registry and the connection, which both use them.
 //!
 //! One queue keeps every frame of a socket in order, but two kinds of frames are judged apart:
 //!
@@ -26,6 +28,19 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
+use crate::fanout::SubId;
+use crate::metrics::Metrics;
+
+/// Messages from other tasks to a connection's read loop.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Close channel `sub` with a `system` error `message`, then `phx_close`.
+    CloseChannel { sub: SubId, message: String },
+    /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
+    TokenCheck { sub: SubId, generation: u64 },
+    /// The database broadcast stream is up: tell channel `sub` (`broadcast.replication_ready`).
+    ReplicationReady { sub: SubId },
+}
 
 /// A frame for the writer.
 #[derive(Debug)]
@@ -65,6 +80,7 @@ pub(crate) struct Outbox {
     closer: CancellationToken,
     policy: SlowConsumerPolicy,
     conn_id: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// Room held for one reply ([`Outbox::reserve_reply`]); given back if never sent.
@@ -172,6 +188,7 @@ impl Outbox {
         match self.policy {
             SlowConsumerPolicy::Disconnect => {
                 if !self.closer.is_cancelled() {
+                    self.metrics.slow_consumer_disconnect();
                     tracing::warn!(
                         conn = self.conn_id,
                         "slow consumer: outgoing queue full, closing the socket"
@@ -180,6 +197,7 @@ impl Outbox {
                 }
             }
             SlowConsumerPolicy::Drop => {
+                self.metrics.slow_consumer_drop();
                 let n = self.replies.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     tracing::warn!(
@@ -208,6 +226,7 @@ pub(crate) fn spawn_writer(
     conn_id: u64,
     closer: CancellationToken,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
     let capacity = capacity.max(1);
     let (tx, rx) = mpsc::channel(2 * capacity + REPLY_BURST);
@@ -219,6 +238,7 @@ pub(crate) fn spawn_writer(
         closer: closer.clone(),
         policy,
         conn_id,
+        metrics,
     };
     let handle = tokio::spawn(writer(sink, rx, replies, closer, shutdown));
     (outbox, handle)
