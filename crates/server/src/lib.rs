@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 mod connection;
 mod database;

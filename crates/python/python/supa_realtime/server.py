@@ -5,7 +5,8 @@
 binary: in memory by default, postgres_changes and RLS-authorized private channels with
 ``--database-url``. ``--help`` lists every flag; each also reads an environment variable
 (``JWT_SECRET``, ``DATABASE_URL``, ...). ``token --role authenticated --sub <id>`` prints a
-JWT signed with the server's secret, for local testing.
+JWT signed with the server's secret, for local testing; ``cleanup-postgres`` drops the
+replication slot and publication a database no longer needs.
 
 With no subcommand, ``serve`` is assumed.
 """
@@ -19,7 +20,7 @@ from typing import List, Optional, Sequence
 
 from ._native import server_main
 
-_SUBCOMMANDS = ("serve", "token", "help")
+_SUBCOMMANDS = ("serve", "token", "cleanup-postgres", "help")
 _LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING,
            "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}
 
