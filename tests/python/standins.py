@@ -39,7 +39,9 @@ class Gateway:
         self.users: Dict[str, Dict[str, Any]] = {}  # email -> {"id", "password"}
         self.refresh_tokens: Dict[str, str] = {}  # refresh token -> email
         self.rest_auth_headers: List[str] = []
+        # WebSocket upgrades to realtime (REST calls through /realtime/v1 are not sockets).
         self.realtime_connections = 0
+        self.realtime_rest_calls = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -105,7 +107,10 @@ class Gateway:
             writer.close()
 
     async def _splice(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.realtime_connections += 1
+        if b"\r\nupgrade: websocket" in head.lower():
+            self.realtime_connections += 1
+        else:
+            self.realtime_rest_calls += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.realtime_port)
         up_writer.write(head)
 

@@ -51,6 +51,44 @@ def test_create_client_is_the_official_client_and_opens_no_socket(gateway: Gatew
     supabase.close()
 
 
+def test_send_on_a_never_subscribed_channel_uses_rest_and_opens_no_socket(server: Any, gateway: Gateway) -> None:
+    # The listener talks to the server directly, so the gateway counts only the full client's
+    # sockets: sending through REST must open none.
+    got: List[Any] = []
+    listener = supa_realtime.RealtimeClient(server.url, ANON_KEY)
+    room = listener.channel("rest-news")
+    room.on("broadcast", {"event": "hello"}, got.append).subscribe()
+    supabase = create_client(gateway.url, ANON_KEY)
+    try:
+        news = supabase.channel("rest-news")
+        news.send("hello", {"n": 1})
+        news.send_broadcast("hello", {"n": 2})
+        assert wait_for(lambda: got == [{"n": 1}, {"n": 2}]), got
+        assert gateway.realtime_rest_calls == 2
+        assert gateway.realtime_connections == 0 and not supabase.realtime.is_connected
+        assert news.status == "IDLE"
+    finally:
+        supabase.close()
+        listener.close()
+
+
+@pytest.mark.asyncio
+async def test_async_send_on_a_never_subscribed_channel_uses_rest(server: Any, gateway: Gateway) -> None:
+    got: List[Any] = []
+    listener = supa_realtime.RealtimeClient(server.url, ANON_KEY)
+    room = listener.channel("rest-news-async")
+    room.on("broadcast", {"event": "hello"}, got.append).subscribe()
+    supabase = await create_async_client(gateway.url, ANON_KEY)
+    try:
+        await supabase.channel("rest-news-async").send("hello", {"n": 3})
+        assert await await_for(lambda: got == [{"n": 3}]), got
+        assert gateway.realtime_rest_calls == 1
+        assert gateway.realtime_connections == 0 and not supabase.realtime.is_connected
+    finally:
+        await supabase.close()
+        listener.close()
+
+
 def test_sync_program_uses_table_and_realtime_on_one_client(gateway: Gateway) -> None:
     supabase = create_client(gateway.url, ANON_KEY)
     try:

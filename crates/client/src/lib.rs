@@ -90,7 +90,7 @@ mod options;
 mod postgres;
 mod presence;
 pub mod queue;
-mod rest;
+pub mod rest;
 mod shared;
 mod weight;
 

@@ -30,6 +30,7 @@ mod errors;
 mod handlers;
 mod logging;
 mod options;
+mod rest;
 mod runtime;
 mod server;
 
@@ -41,5 +42,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<channel::NativeChannel>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(server::server_main, m)?)?;
+    m.add_function(wrap_pyfunction!(rest::rest_broadcast, m)?)?;
+    m.add_function(wrap_pyfunction!(rest::rest_broadcast_async, m)?)?;
     Ok(())
 }

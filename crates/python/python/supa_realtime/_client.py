@@ -177,6 +177,13 @@ class _ChannelBase:
             self._native = real
         return self._native
 
+    def _rest_args(self, event: str, payload: Any) -> Tuple[Any, ...]:
+        """The arguments of ``_native.rest_broadcast`` for a channel that has no socket yet."""
+        pending = self._native
+        client = self._client
+        return (client.url, client.apikey, client._opts.get("access_token"), pending.name,
+                event, payload, bool(pending.config.get("private")), client._opts)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(topic={self.topic!r}, status={self.status})"
 
@@ -348,18 +355,24 @@ class SyncRealtimeChannel(_ChannelBase):
         through the REST endpoint. Left or closed: raises :class:`NotConnectedError`.
         ``options={"http": True}`` always uses REST.
         """
-        if options and options.get("http"):
-            self._live().http_send(event_type, payload)
+        if self._pending:
+            # Never subscribed, on a client with no socket yet: REST, and still no socket.
+            _native.rest_broadcast(*self._rest_args(event_type, payload))
+        elif options and options.get("http"):
+            self._native.http_send(event_type, payload)
         else:
-            self._live().send(event_type, payload)
+            self._native.send(event_type, payload)
 
     def send_broadcast(self, event: str, data: Any) -> None:
         """Official-style alias of :meth:`send`."""
-        self._live().send(event, data)
+        self.send(event, data)
 
     def http_send(self, event: str, payload: Any) -> None:
         """Broadcast through the REST endpoint, whatever the socket does."""
-        self._live().http_send(event, payload)
+        if self._pending:
+            _native.rest_broadcast(*self._rest_args(event, payload))
+        else:
+            self._native.http_send(event, payload)
 
     def track(self, state: Mapping[str, Any]) -> None:
         """Track this client's presence with ``state`` (tracked again after reconnects)."""
@@ -412,18 +425,22 @@ class AsyncRealtimeChannel(_ChannelBase):
     async def send(self, event_type: str, payload: Any, options: Optional[Mapping[str, Any]] = None) -> None:
         """See :meth:`SyncRealtimeChannel.send`."""
         self._loop()
-        if options and options.get("http"):
-            await self._live().http_send_async(event_type, payload)
+        if self._pending:
+            await _native.rest_broadcast_async(*self._rest_args(event_type, payload))
+        elif options and options.get("http"):
+            await self._native.http_send_async(event_type, payload)
         else:
-            await self._live().send_async(event_type, payload)
+            await self._native.send_async(event_type, payload)
 
     async def send_broadcast(self, event: str, data: Any) -> None:
-        self._loop()
-        await self._live().send_async(event, data)
+        await self.send(event, data)
 
     async def http_send(self, event: str, payload: Any, *, timeout: Optional[float] = None) -> None:
         self._loop()
-        await self._live().http_send_async(event, payload)
+        if self._pending:
+            await _native.rest_broadcast_async(*self._rest_args(event, payload))
+        else:
+            await self._native.http_send_async(event, payload)
 
     async def track(self, user_status: Mapping[str, Any]) -> None:
         self._loop()

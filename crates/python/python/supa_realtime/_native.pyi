@@ -5,11 +5,19 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional
 
 from typing_extensions import Self, final
 
-__all__ = ["NativeClient", "NativeChannel", "__version__", "server_main"]
+__all__ = ["NativeClient", "NativeChannel", "__version__", "rest_broadcast", "rest_broadcast_async", "server_main"]
 
 __version__: str
 
 def server_main(argv: List[str]) -> int: ...
+def rest_broadcast(
+    url: str, apikey: str, token: Optional[str], name: str, event: str, payload: Any,
+    private: bool, options: Optional[Mapping[str, Any]] = None,
+) -> None: ...
+def rest_broadcast_async(
+    url: str, apikey: str, token: Optional[str], name: str, event: str, payload: Any,
+    private: bool, options: Optional[Mapping[str, Any]] = None,
+) -> Awaitable[None]: ...
 
 @final
 class NativeClient:
