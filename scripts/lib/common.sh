@@ -110,7 +110,11 @@ build_python_dist() {
   sdist="$(ls "$PY_DIST"/supa_realtime-*.tar.gz 2>/dev/null | head -n1)"
   [ -n "$sdist" ] || { note "no sdist in $PY_DIST"; return 1; }
   # The sdist must build on its own: the server crate the module links is inside it.
-  tar tzf "$sdist" | grep -q '/crates/server/src/lib.rs$' \
+  # (The listing is read whole first: `tar | grep -q` fails under pipefail when grep stops
+  # reading early and tar gets SIGPIPE.)
+  local listing
+  listing="$(tar tzf "$sdist")" || { note "cannot read the sdist $sdist"; return 1; }
+  grep -q '/crates/server/src/lib.rs$' <<<"$listing" \
     || { note "the sdist lacks crates/server (the server linked into the module)"; return 1; }
   echo "$wheel"
 }
