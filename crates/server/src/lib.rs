@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod cluster;
 pub mod config;
 mod connection;
 mod database;
@@ -42,6 +43,7 @@ use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use cluster::ClusterConfig;
 pub use config::Config;
 
 use crate::postgres::{ChangeFeed, PostgresConfig};
@@ -80,12 +82,19 @@ impl Server {
             ),
             None => None,
         };
-        let state = Arc::new(AppState::new(
-            config,
-            shutdown.clone(),
-            feed,
-            database.clone(),
-        ));
+        let mut state = AppState::new(config, shutdown.clone(), feed, database.clone());
+        if state.config.cluster.redis_url.is_some() {
+            let (cluster, registry) = cluster::Cluster::start(
+                &state.config.cluster,
+                state.events.clone(),
+                state.presence_events.clone(),
+                shutdown.clone(),
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            state.registry = registry;
+            state.cluster = Some(cluster);
+        }
+        let state = Arc::new(state);
         if let Some(db) = database {
             tokio::spawn(database::broadcast_stream::run(
                 state.clone(),
@@ -107,7 +116,7 @@ impl Server {
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         });
-        tracing::info!(%addr, database = state.config.database_url.is_some(), "listening on {addr}");
+        tracing::info!(%addr, database = state.config.database_url.is_some(), cluster = state.cluster.is_some(), "listening on {addr}");
         Ok(Server { addr, state, task })
     }
 

@@ -153,6 +153,7 @@ impl Connection {
             .filter_map(|stored| replay_frame(self.serializer, &m.topic, stored))
             .collect();
         let subscriber = Subscriber {
+            join_ref: m.join_ref.clone(),
             outbox: self.outbox.clone(),
             control: self.control.clone(),
             serializer: self.serializer,
@@ -172,6 +173,9 @@ impl Connection {
         let outbox = self.outbox.clone();
         let join_ref = m.join_ref.clone();
         let presence_enabled = config.presence_enabled && access.presence;
+        if let Some(cluster) = &state.cluster {
+            cluster.prepare_topic(&state.registry, &key).await;
+        }
         let topic = state.registry.with_topic(&key, |topic| {
             topic.add(sub, subscriber, |presence| {
                 outbox.send(to_ws(serializer.encode_server_message(&reply)));

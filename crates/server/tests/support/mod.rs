@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod postgres;
+pub mod redis;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
