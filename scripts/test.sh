@@ -40,7 +40,10 @@ log "checking/installing prerequisites"
 ensure_base_tools
 ensure_interop_node_modules
 ensure_python_venv
+ensure_redis
 set +e
+# Cluster tests must run, not skip, here.
+export REQUIRE_REDIS=1
 
 if [ "${SKIP_POSTGRES:-}" != 1 ] && [ -f scripts/postgres.sh ]; then
   log "starting PostgreSQL (scripts/postgres.sh)"
