@@ -88,6 +88,7 @@ impl Server {
                 &state.config.cluster,
                 state.events.clone(),
                 state.presence_events.clone(),
+                state.users.clone(),
                 shutdown.clone(),
             )
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

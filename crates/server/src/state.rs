@@ -25,7 +25,7 @@ pub(crate) struct AppState {
     /// Presence tracks and diff deliveries (`max_presence_events_per_second`).
     pub(crate) presence_events: Arc<RateCounter>,
     /// Connections that have at least one channel (`max_concurrent_users`).
-    pub(crate) users: AtomicUsize,
+    pub(crate) users: Arc<AtomicUsize>,
     /// Open WebSocket connections.
     pub(crate) connections: AtomicUsize,
     next_conn: AtomicU64,
@@ -50,7 +50,7 @@ impl AppState {
             events: Arc::new(RateCounter::new(config.max_events_per_second)),
             joins: RateCounter::new(config.max_joins_per_second),
             presence_events: Arc::new(RateCounter::new(config.max_presence_events_per_second)),
-            users: AtomicUsize::new(0),
+            users: Arc::new(AtomicUsize::new(0)),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             shutdown,

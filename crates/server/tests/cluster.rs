@@ -231,6 +231,10 @@ async fn presence_is_one_state_across_nodes() {
 
 #[tokio::test]
 async fn redis_outage_keeps_local_delivery_and_recovers_what_crossed() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("supa_realtime_server=info")
+        .with_test_writer()
+        .try_init();
     let Some(mut redis) = require_redis("cluster outage", true) else {
         return;
     };
@@ -322,5 +326,50 @@ async fn bad_redis_url_is_a_clear_error() {
     match Server::bind(c).await {
         Err(e) => assert!(e.to_string().contains("Redis URL"), "{e}"),
         Ok(_) => panic!("a bad Redis URL must not start a server"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_users_are_limited_for_the_whole_cluster() {
+    let Some(redis) = require_redis("cluster limits", false) else {
+        return;
+    };
+    let mut n = Vec::new();
+    for _ in 0..3 {
+        let mut c = node_config(&redis);
+        c.max_concurrent_users = 4;
+        n.push(server(c).await);
+    }
+    for srv in &n {
+        wait_health(srv, "3 nodes", |c| c["nodes_seen"] == 3).await;
+    }
+    // A flood spread over the three nodes: 4 get in, whichever node they are on.
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for i in 0..7 {
+        let mut c = connect(&n[i % 3], Serializer::V1).await;
+        let r = c.join("realtime:flood", "1", json!({"config": {}})).await;
+        if r.payload["status"] == "ok" {
+            admitted.push(c);
+        } else {
+            assert_eq!(
+                r.payload["response"]["reason"],
+                "ConnectionRateLimitReached: Too many connected users"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!((admitted.len(), refused), (4, 3));
+    // One leaves: within a second (each node writes its exact count) there is room again.
+    drop(admitted.remove(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = connect(&n[2], Serializer::V1).await;
+        let r = c.join("realtime:flood", "1", json!({"config": {}})).await;
+        if r.payload["status"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after a user left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

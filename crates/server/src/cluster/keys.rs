@@ -66,6 +66,11 @@ impl Keys {
         format!("{}:pr-exp", self.prefix)
     }
 
+    /// Concurrent users per node (field: node id).
+    pub(crate) fn users(&self) -> String {
+        format!("{}:users", self.prefix)
+    }
+
     /// Node heartbeats (ms since the epoch), member the node id.
     pub(crate) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

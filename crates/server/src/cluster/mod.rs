@@ -27,6 +27,15 @@
 //! with 503. When the reader is back it resubscribes and catches up per topic from the stream;
 //! the writer republishes this node's presences. What cannot be recovered is reported with
 //! `phx_error`, never dropped silently.
+//!
+//! **Limits.** Concurrent users are counted for the cluster as a whole: a socket's first join
+//! asks Redis (one atomic script: the live nodes' counts, then the increment), and each node
+//! writes its exact count every second, so leaves and refused joins are reconciled within a
+//! second and a dead node's users stop counting once its heartbeat is stale (5 s). A count is
+//! worth one round trip per new user because it is exact; while Redis is unreachable a node
+//! admits up to its share (limit / nodes last seen). The rate limits (events, joins, presence
+//! per second) stay per node: they are on the hot path and averaged over 60 s, so each node
+//! enforces them on what it serves.
 
 mod config;
 mod envelope;
@@ -110,6 +119,11 @@ pub(crate) enum PubReq {
         key: TopicKey,
         ops: Vec<PresenceOp>,
     },
+    /// Admit one more concurrent user if the cluster is under `limit`.
+    Admit {
+        limit: usize,
+        tx: oneshot::Sender<bool>,
+    },
 }
 
 /// One presence change of a local entry.
@@ -138,6 +152,16 @@ pub(crate) struct Shared {
     pub(crate) status: Status,
     pub(crate) events: Arc<RateCounter>,
     pub(crate) presence_events: Arc<RateCounter>,
+    /// This node's concurrent users (sockets with a channel).
+    pub(crate) users: Arc<AtomicUsize>,
+}
+
+impl Shared {
+    /// Without Redis: admit while this node is under its share of the cluster's limit.
+    pub(crate) fn admit_locally(&self, limit: usize) -> bool {
+        let nodes = self.status.nodes_seen.load(Ordering::SeqCst).max(1);
+        self.users.load(Ordering::SeqCst) < limit.div_ceil(nodes)
+    }
 }
 
 /// The registry's side of the cluster: cheap, never waits.
@@ -229,6 +253,7 @@ impl Cluster {
         config: &ClusterConfig,
         events: Arc<RateCounter>,
         presence_events: Arc<RateCounter>,
+        users: Arc<AtomicUsize>,
         shutdown: CancellationToken,
     ) -> Result<(Cluster, Arc<Registry>), ClusterError> {
         let url = config.redis_url.clone().unwrap_or_default();
@@ -241,6 +266,7 @@ impl Cluster {
             status: Status::default(),
             events,
             presence_events,
+            users,
         });
         let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
@@ -304,6 +330,20 @@ impl Cluster {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ClusterError::Unavailable),
             Err(_) => Err(ClusterError::Timeout),
+        }
+    }
+
+    /// Whether one more concurrent user fits in the cluster's `limit` (counted if so).
+    pub(crate) async fn admit_user(&self, limit: usize) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if !self.shared.status.publisher_up.load(Ordering::SeqCst)
+            || self.pub_tx.send(PubReq::Admit { limit, tx }).await.is_err()
+        {
+            return self.shared.admit_locally(limit);
+        }
+        match tokio::time::timeout(READY_TIMEOUT, rx).await {
+            Ok(Ok(admitted)) => admitted,
+            _ => self.shared.admit_locally(limit),
         }
     }
 

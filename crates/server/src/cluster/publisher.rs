@@ -153,6 +153,18 @@ impl Writer {
                 }
             }
         }
+        let (admits, reqs): (Vec<PubReq>, Vec<PubReq>) = reqs
+            .into_iter()
+            .partition(|r| matches!(r, PubReq::Admit { .. }));
+        for admit in admits {
+            if let PubReq::Admit { limit, tx } = admit {
+                let admitted = self.admit(limit).await;
+                let _ = tx.send(admitted);
+            }
+        }
+        if reqs.is_empty() {
+            return;
+        }
         let Some(mut conn) = self.conn.clone() else {
             self.offline(reqs);
             return;
@@ -163,6 +175,7 @@ impl Writer {
                 PubReq::Publish { key, envelope, .. } => {
                     pipe.add_command(self_publish(&self.shared, key, envelope));
                 }
+                PubReq::Admit { .. } => {}
                 PubReq::Presence { key, ops } => {
                     for op in ops {
                         let kind = if op.join { "join" } else { "leave" };
@@ -177,7 +190,12 @@ impl Writer {
                 }
             }
         }
-        let result: RedisResult<Vec<Value>> = pipe.query_async(&mut conn).await;
+        // An empty pipeline is an error in Redis's eyes, not a no-op.
+        let result: RedisResult<Vec<Value>> = if pipe.is_empty() {
+            Ok(Vec::new())
+        } else {
+            pipe.query_async(&mut conn).await
+        };
         match result {
             Ok(_) => {
                 for req in reqs {
@@ -217,6 +235,9 @@ impl Writer {
                         self.outage.push_back((key, envelope));
                     }
                 }
+                PubReq::Admit { limit, tx } => {
+                    let _ = tx.send(self.shared.admit_locally(limit));
+                }
                 PubReq::Presence { key, ops } => {
                     for op in ops.into_iter().filter(|op| !op.join) {
                         self.pending_leaves.push((key.clone(), op.r, op.envelope));
@@ -228,6 +249,29 @@ impl Writer {
             .status
             .buffered
             .store(self.outage.len(), Ordering::SeqCst);
+    }
+
+    /// The cluster-wide concurrent-user check (this node's share while Redis is unreachable).
+    async fn admit(&mut self, limit: usize) -> bool {
+        let Some(mut conn) = self.conn.clone() else {
+            return self.shared.admit_locally(limit);
+        };
+        let keys = &self.shared.keys;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts::USERS_ADMIT.get_hash())
+            .arg(2)
+            .arg(keys.users())
+            .arg(keys.nodes())
+            .arg(&self.shared.node)
+            .arg(limit)
+            .arg(now_ms().saturating_sub(NODE_STALE_MS));
+        match cmd.query_async::<i64>(&mut conn).await {
+            Ok(admitted) => admitted == 1,
+            Err(e) => {
+                self.lost_connection(&e);
+                self.shared.admit_locally(limit)
+            }
+        }
     }
 
     /// Make sure this node's channels got a broadcast that did not reach Redis; returns it
@@ -375,7 +419,9 @@ impl Writer {
         };
         let keys: &Keys = &self.shared.keys;
         let now = now_ms();
-        let (_, _, seen, expired): ((), (), usize, Vec<Vec<u8>>) = redis::pipe()
+        let users = self.shared.users.load(Ordering::SeqCst);
+        let (_, _, _, seen, expired): ((), (), (), usize, Vec<Vec<u8>>) = redis::pipe()
+            .hset(keys.users(), &self.shared.node, users)
             .zadd(keys.nodes(), &self.shared.node, now)
             .zrembyscore(keys.nodes(), "-inf", now.saturating_sub(NODE_STALE_MS))
             .zcard(keys.nodes())
@@ -411,6 +457,9 @@ impl Writer {
             pipe.hget(keys.topic_by_id(topic_id).presence, field);
             found.push((key, field.to_owned(), m.to_string()));
         }
+        if found.is_empty() {
+            return Ok(());
+        }
         let values: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await?;
         let mut pipe = redis::pipe();
         let mut swept = 0;
@@ -438,7 +487,9 @@ impl Writer {
                 }
             }
         }
-        let _: Vec<Value> = pipe.query_async(conn).await?;
+        if !pipe.is_empty() {
+            let _: Vec<Value> = pipe.query_async(conn).await?;
+        }
         if swept > 0 {
             tracing::info!(swept, "cluster: expired presences removed");
         }
@@ -487,7 +538,9 @@ impl Writer {
                 pipe.add_command(self.publish_cmd(key, envelope, "join", r, expire_at));
             }
         }
-        let _: Vec<Value> = pipe.query_async(&mut conn).await?;
+        if !pipe.is_empty() {
+            let _: Vec<Value> = pipe.query_async(&mut conn).await?;
+        }
         Ok(())
     }
 }

@@ -98,7 +98,34 @@ return lost
     )
 });
 
+/// Admit one more concurrent user if the cluster is under the limit.
+///
+/// KEYS: users hash (node -> its users), node heartbeats. ARGV: this node, limit, oldest
+/// heartbeat (ms) of a live node. Counts of nodes that stopped beating are dropped, so a dead
+/// node's users stop counting once its heartbeat is stale. Returns 1 (admitted, counted) or 0.
+pub(crate) static USERS_ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local all = redis.call('hgetall', KEYS[1])
+local sum = 0
+for i = 1, #all, 2 do
+  local seen = redis.call('zscore', KEYS[2], all[i])
+  if all[i] == ARGV[1] or (seen and tonumber(seen) >= tonumber(ARGV[3])) then
+    sum = sum + tonumber(all[i + 1])
+  else
+    redis.call('hdel', KEYS[1], all[i])
+  end
+end
+if sum >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('hincrby', KEYS[1], ARGV[1], 1)
+return 1
+"#,
+    )
+});
+
 /// Every script, to load after each (re)connect: a restarted Redis has none.
-pub(crate) fn all() -> [&'static Script; 4] {
-    [&PUBLISH, &PRESENCE_GET, &HISTORY, &RENEW]
+pub(crate) fn all() -> [&'static Script; 5] {
+    [&PUBLISH, &PRESENCE_GET, &HISTORY, &RENEW, &USERS_ADMIT]
 }

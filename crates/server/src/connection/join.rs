@@ -71,8 +71,15 @@ impl Connection {
         let legacy = payload.config.is_none();
         let config = payload.config.unwrap_or_default();
 
-        if self.channels.is_empty()
-            && state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users
+        let admitted = match &state.cluster {
+            Some(cluster) if self.channels.is_empty() => {
+                cluster.admit_user(state.config.max_concurrent_users).await
+            }
+            _ => true,
+        };
+        if !admitted
+            || (self.channels.is_empty()
+                && state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users)
         {
             return Err(Refusal::Reply(
                 "ConnectionRateLimitReached: Too many connected users".into(),
