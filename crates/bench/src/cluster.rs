@@ -22,7 +22,9 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start redis-server (scripts/redis.sh installs it): {e}"))?;
+            .map_err(|e| {
+                format!("cannot start redis-server (scripts/redis.sh installs it): {e}")
+            })?;
         let addr = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(&addr).await.is_err() {

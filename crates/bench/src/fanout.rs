@@ -246,15 +246,7 @@ pub async fn run(
         measured: AtomicU64::new(0),
     });
     let paced_from = Arc::new(AtomicU64::new(u64::MAX));
-    let handles = subscribers(
-        target,
-        addrs,
-        p,
-        shared.clone(),
-        paced_from.clone(),
-        bar,
-    )
-    .await?;
+    let handles = subscribers(target, addrs, p, shared.clone(), paced_from.clone(), bar).await?;
     let per_msg = p.subs as u64;
     let pad = "x".repeat(p.pad);
     let mut sender = match target {

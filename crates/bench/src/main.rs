@@ -686,16 +686,27 @@ async fn run_cluster(ctx: &Ctx, s: &Sizes, mut p: FanoutParams, r: &mut Results)
         }
     };
     let shape = format!("1x{}", s.fan_1);
-    for (i, (label, nodes, redis_on)) in [("1 node", 1usize, false), ("1 node + Redis", 1, true), ("3 nodes + Redis", 3, true)]
-        .into_iter()
-        .enumerate()
+    for (i, (label, nodes, redis_on)) in [
+        ("1 node", 1usize, false),
+        ("1 node + Redis", 1, true),
+        ("3 nodes + Redis", 3, true),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let name = format!("cluster-fanout-{shape}-v2-{}", label.replace([' ', '+'], "").to_lowercase());
+        let name = format!(
+            "cluster-fanout-{shape}-v2-{}",
+            label.replace([' ', '+'], "").to_lowercase()
+        );
         bar.set_message(name.clone());
         let res: Res<fanout::FanoutResult> = async {
             let mut procs = Vec::new();
             for n in 0..nodes {
-                let flags = if redis_on { redis.flags(&format!("bench-fan-{i}")) } else { Vec::new() };
+                let flags = if redis_on {
+                    redis.flags(&format!("bench-fan-{i}"))
+                } else {
+                    Vec::new()
+                };
                 procs.push(ctx.server(&flags, &[], &format!("{name}-{n}")).await?);
             }
             let spread: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
@@ -706,7 +717,10 @@ async fn run_cluster(ctx: &Ctx, s: &Sizes, mut p: FanoutParams, r: &mut Results)
             out
         }
         .await;
-        crate::say(bar, format!("{label}: {}", report::line_fanout(&name, &res)));
+        crate::say(
+            bar,
+            format!("{label}: {}", report::line_fanout(&name, &res)),
+        );
         if let (0, Ok(first)) = (i, &res) {
             // The same paced rate for all three: half of one node's saturated rate.
             p.paced_rate = Some((first.deliveries_per_sec * 0.5) as u64);
@@ -715,13 +729,23 @@ async fn run_cluster(ctx: &Ctx, s: &Sizes, mut p: FanoutParams, r: &mut Results)
         bar.inc(1);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for (i, (label, nodes)) in [("1 node", 1usize), ("3 nodes + Redis", 3)].into_iter().enumerate() {
+    for (i, (label, nodes)) in [("1 node", 1usize), ("3 nodes + Redis", 3)]
+        .into_iter()
+        .enumerate()
+    {
         bar.set_message(format!("cluster presence: {label}"));
         let res: Res<presence::PresenceResult> = async {
             let mut procs = Vec::new();
             for n in 0..nodes {
-                let flags = if nodes > 1 { redis.flags(&format!("bench-presence-{i}")) } else { Vec::new() };
-                procs.push(ctx.server(&flags, &[], &format!("cluster-presence-{i}-{n}")).await?);
+                let flags = if nodes > 1 {
+                    redis.flags(&format!("bench-presence-{i}"))
+                } else {
+                    Vec::new()
+                };
+                procs.push(
+                    ctx.server(&flags, &[], &format!("cluster-presence-{i}-{n}"))
+                        .await?,
+                );
             }
             let spread: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
             let out = presence::run(&procs[0], &spread, s.presence, bar).await;
@@ -736,7 +760,10 @@ async fn run_cluster(ctx: &Ctx, s: &Sizes, mut p: FanoutParams, r: &mut Results)
             format!(
                 "cluster presence {label}: {}",
                 match &res {
-                    Ok(x) => format!("{} clients, full state everywhere after {:.2} s", x.clients, x.full_state_secs),
+                    Ok(x) => format!(
+                        "{} clients, full state everywhere after {:.2} s",
+                        x.clients, x.full_state_secs
+                    ),
                     Err(e) => format!("failed: {e}"),
                 }
             ),

@@ -738,7 +738,9 @@ fn cluster_section(md: &mut String, r: &Results) {
         match res {
             Ok(f) => {
                 let added = base
-                    .map(|(_, p50, p99)| format!("{:+.2} / {:+.2} ms", f.paced.p50 - p50, f.paced.p99 - p99))
+                    .map(|(_, p50, p99)| {
+                        format!("{:+.2} / {:+.2} ms", f.paced.p50 - p50, f.paced.p99 - p99)
+                    })
                     .unwrap_or_default();
                 let _ = writeln!(
                     md,

@@ -144,6 +144,9 @@ impl Server {
         if left > 0 {
             tracing::warn!(left, "shutdown timeout: connections still open");
         }
+        if let Some(cluster) = &self.state.cluster {
+            cluster.flush().await;
+        }
         self.task.abort();
         tracing::info!("server stopped");
     }

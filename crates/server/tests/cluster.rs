@@ -373,3 +373,47 @@ async fn concurrent_users_are_limited_for_the_whole_cluster() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_node_shutting_down_says_goodbye() {
+    let Some(redis) = require_redis("cluster shutdown", false) else {
+        return;
+    };
+    // A lease far longer than the test: the leave must come from the shutdown itself.
+    let mut c = node_config(&redis);
+    c.cluster.cluster_presence_ttl_ms = 120_000;
+    let leaving = server(c.clone()).await;
+    let staying = server(c).await;
+    wait_health(&staying, "2 nodes", |c| c["nodes_seen"] == 2).await;
+    let mut a = connect(&leaving, Serializer::V1).await;
+    a.join_ok(
+        "realtime:bye",
+        "1",
+        json!({"presence": {"key": "alice", "enabled": true}}),
+    )
+    .await;
+    a.send(Message::new(
+        Some("1".into()),
+        Some("2".into()),
+        "realtime:bye",
+        "presence",
+        json!({"event": "track", "payload": {"s": "on"}}),
+    ))
+    .await;
+    a.recv_event("presence_diff").await;
+    let mut b = connect(&staying, Serializer::V2).await;
+    b.join_ok(
+        "realtime:bye",
+        "1",
+        json!({"presence": {"key": "bob", "enabled": true}}),
+    )
+    .await;
+    let state = b.recv_event("presence_state").await;
+    assert_eq!(state.payload["alice"]["metas"][0]["s"], "on");
+    let t0 = Instant::now();
+    leaving.shutdown().await;
+    let diff = event_within(&mut b, "presence_diff", 10).await;
+    assert_eq!(diff.payload["leaves"]["alice"]["metas"][0]["s"], "on");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    wait_health(&staying, "1 node", |c| c["nodes_seen"] == 1).await;
+}

@@ -124,6 +124,8 @@ pub(crate) enum PubReq {
         limit: usize,
         tx: oneshot::Sender<bool>,
     },
+    /// Answered once everything queued before it was written (shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
 /// One presence change of a local entry.
@@ -344,6 +346,15 @@ impl Cluster {
         match tokio::time::timeout(READY_TIMEOUT, rx).await {
             Ok(Ok(admitted)) => admitted,
             _ => self.shared.admit_locally(limit),
+        }
+    }
+
+    /// Wait (bounded) until what this node queued for Redis is written: on shutdown, after the
+    /// sockets closed, so their presences leave at once rather than when their leases expire.
+    pub(crate) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.pub_tx.send(PubReq::Flush(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(CONFIRM_TIMEOUT, rx).await;
         }
     }
 

@@ -36,6 +36,8 @@ const NODE_STALE_MS: u64 = 5_000;
 /// nodes may still hold positions.
 const META_TTL_S: u64 = 86_400;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a shutting-down node waits for its server's flush.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Writer {
     shared: Arc<Shared>,
@@ -76,21 +78,33 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
+    // On shutdown the closing sockets' leaves are still to be written: the task goes on until
+    // the server's flush (or a deadline), then says goodbye.
+    let mut draining: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if draining.is_none() => {
+                draining = Some(Instant::now() + DRAIN_TIMEOUT);
+            }
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     break;
                 }
                 let reqs = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                w.handle(reqs).await;
+                if w.handle(reqs).await && draining.is_some() {
+                    break;
+                }
             }
-            _ = tick.tick() => w.tick().await,
+            _ = tick.tick() => {
+                if draining.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                w.tick().await;
+            }
         }
     }
-    w.shared.status.publisher_up.store(false, Ordering::SeqCst);
+    w.goodbye().await;
 }
 
 fn new_epoch() -> String {
@@ -136,7 +150,38 @@ impl Writer {
         self.next_attempt = Instant::now() + TICK;
     }
 
-    async fn handle(&mut self, reqs: Vec<PubReq>) {
+    /// Leave the cluster: this node stops counting (heartbeat and users removed).
+    async fn goodbye(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let keys = &self.shared.keys;
+            let _: RedisResult<((), ())> = redis::pipe()
+                .zrem(keys.nodes(), &self.shared.node)
+                .hdel(keys.users(), &self.shared.node)
+                .query_async(&mut conn)
+                .await;
+        }
+        self.shared
+            .status
+            .publisher_up
+            .store(false, Ordering::SeqCst);
+    }
+
+    /// Handle a batch; `true` if it held a flush (everything before it is now written).
+    async fn handle(&mut self, reqs: Vec<PubReq>) -> bool {
+        let (flushes, reqs): (Vec<PubReq>, Vec<PubReq>) = reqs
+            .into_iter()
+            .partition(|r| matches!(r, PubReq::Flush(_)));
+        self.write(reqs).await;
+        let flushed = !flushes.is_empty();
+        for f in flushes {
+            if let PubReq::Flush(tx) = f {
+                let _ = tx.send(());
+            }
+        }
+        flushed
+    }
+
+    async fn write(&mut self, reqs: Vec<PubReq>) {
         let expire_at = self.lease_end();
         for req in &reqs {
             if let PubReq::Presence { key, ops } = req {
@@ -175,7 +220,7 @@ impl Writer {
                 PubReq::Publish { key, envelope, .. } => {
                     pipe.add_command(self_publish(&self.shared, key, envelope));
                 }
-                PubReq::Admit { .. } => {}
+                PubReq::Admit { .. } | PubReq::Flush(_) => {}
                 PubReq::Presence { key, ops } => {
                     for op in ops {
                         let kind = if op.join { "join" } else { "leave" };
@@ -237,6 +282,9 @@ impl Writer {
                 }
                 PubReq::Admit { limit, tx } => {
                     let _ = tx.send(self.shared.admit_locally(limit));
+                }
+                PubReq::Flush(tx) => {
+                    let _ = tx.send(());
                 }
                 PubReq::Presence { key, ops } => {
                     for op in ops.into_iter().filter(|op| !op.join) {
