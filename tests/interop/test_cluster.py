@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -251,3 +252,49 @@ async def test_redis_down_5s_during_traffic(nodes, redis, trio):
     status = await wait_status(nodes[0], lambda s: s["redis_connected"], "Redis back")
     assert status["published_late"] >= 30, status
     assert status["channels_errored"] == 0, status
+
+
+async def test_postgres_changes_reach_subscribers_on_every_node_once(request, redis, js_factory,
+                                                                      py_factory):
+    """Interim cluster setup for postgres_changes: each node streams its own slot (distinct
+    --slot-name, shared publication), so each subscriber gets every change from its own node."""
+    from pg_support import PgServer, apsql, drop_stale_slots, require_database
+    from test_postgres_changes import js_change, js_subscriber, py_subscriber
+
+    url = require_database()
+    drop_stale_slots(url, "icl")
+    publication = f"icl_pub_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    flags = {"--redis-url": redis.url, "--publication": publication}
+    pg_nodes = []
+    table = f"icl_{uuid.uuid4().hex[:10]}"
+    try:
+        for _ in range(3):
+            pgs = PgServer(url, "icl", _log_dir(request), flags)
+            pgs.start()
+            pg_nodes.append(pgs)
+        await apsql(url, f"""
+            CREATE TABLE public.{table} (id int8 PRIMARY KEY);
+            GRANT SELECT ON public.{table} TO anon, authenticated;
+            ALTER PUBLICATION {publication} ADD TABLE public.{table};
+        """)
+        binding = {"event": "INSERT", "schema": "public", "table": table}
+        js1, _ = await js_subscriber(js_factory, pg_nodes[0].proc, "2.0.0", {"in": binding}, name="js1")
+        py2, _, _ = await py_subscriber(py_factory, pg_nodes[1].proc, {"in": binding})
+        js3, _ = await js_subscriber(js_factory, pg_nodes[2].proc, "1.0.0", {"in": binding}, name="js3")
+        n = 200
+        await apsql(url, f"INSERT INTO public.{table} SELECT generate_series(1, {n})")
+
+        def ids(peer, key):
+            return sorted(int(e["payload"][key]["id"]) if key == "new" else int(e["payload"]["data"]["record"]["id"])
+                          for e in peer.log.find(js_change("in")))
+
+        for peer, key in ((js1, "new"), (py2, "data"), (js3, "new")):
+            await peer.log.wait_for(lambda e, peer=peer, key=key: len(ids(peer, key)) >= n, 30,
+                                    what=f"{n} changes at {peer.name}")
+        await asyncio.sleep(1.0)
+        for peer, key in ((js1, "new"), (py2, "data"), (js3, "new")):
+            assert ids(peer, key) == list(range(1, n + 1)), f"{peer.name}: every change once"
+    finally:
+        for pgs in pg_nodes:
+            pgs.stop()
+        await apsql(url, f"DROP TABLE IF EXISTS public.{table}; DROP PUBLICATION IF EXISTS {publication};")
