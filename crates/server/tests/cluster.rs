@@ -417,3 +417,52 @@ async fn a_node_shutting_down_says_goodbye() {
     assert!(t0.elapsed() < Duration::from_secs(10));
     wait_health(&staying, "1 node", |c| c["nodes_seen"] == 1).await;
 }
+
+#[tokio::test]
+async fn a_reader_that_missed_messages_catches_up_or_rejoins() {
+    let Some(redis) = require_redis("cluster catch-up", false) else {
+        return;
+    };
+    let mut c = node_config(&redis);
+    c.cluster.cluster_history_size = 5;
+    let a_node = server(c.clone()).await;
+    let b_node = server(c).await;
+    let mut b = connect(&b_node, Serializer::V2).await;
+    b.join_ok("realtime:cu", "3", json!({})).await;
+    let http = reqwest::Client::new();
+    let rest = |from: usize, to: usize| {
+        let messages: Vec<Value> = (from..to)
+            .map(|i| json!({"topic": "cu", "event": "e", "payload": {"i": i}}))
+            .collect();
+        http.post(format!("http://{}/api/broadcast", a_node.local_addr()))
+            .header("apikey", ANON)
+            .json(&json!({ "messages": messages }))
+            .send()
+    };
+    assert_eq!(rest(0, 1).await.unwrap().status(), 202);
+    assert_eq!(
+        event_within(&mut b, "broadcast", 5).await.payload["payload"]["i"],
+        0
+    );
+
+    // The readers lose pub/sub; what is published meanwhile is still in the history.
+    redis.cli(&["client", "kill", "type", "pubsub"]);
+    assert_eq!(rest(1, 4).await.unwrap().status(), 202);
+    for i in 1..4 {
+        assert_eq!(
+            event_within(&mut b, "broadcast", 10).await.payload["payload"]["i"],
+            i
+        );
+    }
+    let s = wait_health(&b_node, "caught up", |c| {
+        c["messages_caught_up"].as_u64() > Some(0)
+    })
+    .await;
+    assert_eq!(s["channels_errored"], 0, "{s}");
+
+    // More than the history holds: the channel is told to rejoin, not left with a gap.
+    redis.cli(&["client", "kill", "type", "pubsub"]);
+    assert_eq!(rest(4, 24).await.unwrap().status(), 202);
+    let e = event_within(&mut b, "phx_error", 10).await;
+    assert_eq!(e.join_ref.as_deref(), Some("3"));
+}

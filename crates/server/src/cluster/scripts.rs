@@ -34,7 +34,7 @@ if not epoch then
 end
 local offset = redis.call('hincrby', KEYS[2], 's', 1)
 redis.call('expire', KEYS[2], ARGV[5])
-redis.call('xadd', KEYS[1], 'MAXLEN', '~', ARGV[3], offset, 'd', ARGV[2])
+redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[3], offset, 'd', ARGV[2])
 redis.call('expire', KEYS[1], ARGV[4])
 if op == 'join' then
   redis.call('hset', KEYS[3], ARGV[8], ARGV[2])
