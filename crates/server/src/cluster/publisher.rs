@@ -476,7 +476,10 @@ impl Writer {
             .zrangebyscore_limit(keys.presence_expiry(), "-inf", now, 0, BATCH as isize)
             .query_async(&mut conn)
             .await?;
-        self.shared.status.nodes_seen.store(seen, Ordering::SeqCst);
+        let before = self.shared.status.nodes_seen.swap(seen, Ordering::SeqCst);
+        if before != seen {
+            tracing::info!(nodes = seen, "cluster: {seen} node(s) seen");
+        }
         self.report_gaps(&mut conn).await?;
         if !expired.is_empty() {
             self.sweep(&mut conn, expired, now).await?;
