@@ -254,10 +254,11 @@ async def test_redis_down_5s_during_traffic(nodes, redis, trio):
     assert status["channels_errored"] == 0, status
 
 
-async def test_postgres_changes_reach_subscribers_on_every_node_once(request, redis, js_factory,
+async def test_database_changes_reach_subscribers_on_every_node_once(request, redis, js_factory,
                                                                       py_factory):
     """Interim cluster setup for postgres_changes: each node streams its own slot (distinct
-    --slot-name, shared publication), so each subscriber gets every change from its own node."""
+    --slot-name, shared publication), so each subscriber gets every change from its own node.
+    Database broadcasts (realtime.send) likewise reach each node's channels once."""
     from pg_support import PgServer, apsql, drop_stale_slots, require_database
     from test_postgres_changes import js_change, js_subscriber, py_subscriber
 
@@ -294,6 +295,23 @@ async def test_postgres_changes_reach_subscribers_on_every_node_once(request, re
         await asyncio.sleep(1.0)
         for peer, key in ((js1, "new"), (py2, "data"), (js3, "new")):
             assert ids(peer, key) == list(range(1, n + 1)), f"{peer.name}: every change once"
+
+        # Database broadcasts: every node streams realtime.messages itself, for its own channels.
+        topic = unique_topic("cldb")
+        a = await js_factory("dbb-a", "2.0.0")
+        await a.connect(pg_nodes[0].proc)
+        await a.joined(topic, {"private": False})
+        b = await py_factory("dbb-b").connect(pg_nodes[1].proc)
+        await b.joined(topic, {"private": False}, events=["dbb"])
+        for i in range(5):
+            await apsql(url, f"SELECT realtime.send(jsonb_build_object('i', {i}), 'dbb', '{topic}', false)")
+        for peer in (a, b):
+            await peer.log.wait_for(lambda e, peer=peer: len(peer.log.find(is_broadcast("dbb", topic))) >= 5,
+                                    20, what=f"database broadcasts at {peer.name}")
+        await asyncio.sleep(1.0)
+        for peer in (a, b):
+            got = sorted(e["payload"]["payload"]["i"] for e in peer.log.find(is_broadcast("dbb", topic)))
+            assert got == list(range(5)), f"{peer.name}: every database broadcast once: {got}"
     finally:
         for pgs in pg_nodes:
             pgs.stop()
