@@ -73,6 +73,10 @@ struct Cli {
     /// Override the number of presence clients (1,000 in a full run).
     #[arg(long)]
     presence_clients: Option<usize>,
+    /// Run the postgres scenario against this server binary too (before the one measured),
+    /// e.g. a build of the previous commit: the report shows both and their ratio.
+    #[arg(long)]
+    pg_reference_bin: Option<PathBuf>,
     /// A note put at the top of the report (e.g. the load when the run started).
     #[arg(long, default_value = "")]
     note: String,
@@ -149,6 +153,8 @@ pub struct Results {
     pub conns_server: Option<Result<conns::ConnsResult, String>>,
     pub python: Option<Result<python::PyResult, String>>,
     pub pg: Option<Result<pg::PgResult, String>>,
+    /// The postgres scenario against `--pg-reference-bin`.
+    pub pg_reference: Option<Result<pg::PgResult, String>>,
     pub presence: Option<Result<presence::PresenceResult, String>>,
     /// Fan-out 1 x N: one node, one node through Redis, three nodes through Redis.
     pub cluster_fanout: Vec<(String, Result<fanout::FanoutResult, String>)>,
@@ -187,6 +193,17 @@ impl Ctx {
     }
 
     async fn server(&self, extra: &[String], env: &[(&str, String)], tag: &str) -> Res<Proc> {
+        let bin = self.cli.server_bin.clone();
+        self.server_from(&bin, extra, env, tag).await
+    }
+
+    async fn server_from(
+        &self,
+        bin: &std::path::Path,
+        extra: &[String],
+        env: &[(&str, String)],
+        tag: &str,
+    ) -> Res<Proc> {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = [
             "serve",
@@ -219,7 +236,7 @@ impl Ctx {
         }
         let p = Proc::start(
             "server",
-            &self.cli.server_bin,
+            bin,
             &args,
             env,
             addr,
@@ -587,56 +604,19 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
 
     if ctx.wants("postgres") {
         bar.set_message("postgres_changes");
-        r.pg = Some(match &ctx.cli.database_url {
-            None => Err("n/a (no DATABASE_URL: start one with scripts/postgres.sh)".into()),
-            Some(url) => {
-                let res: Res<pg::PgResult> = async {
-                    let slot = format!("bench_slot_{}", std::process::id());
-                    let publication = "bench_pub";
-                    pg::prepare(url, publication).await?;
-                    let mut proc = ctx
-                        .server(
-                            &[
-                                "--database-url".into(),
-                                url.clone(),
-                                "--slot-name".into(),
-                                slot.clone(),
-                                "--publication".into(),
-                                publication.into(),
-                            ],
-                            &[("REALTIME_PG_RESUME_GRACE_MS", "0".into())],
-                            "postgres",
-                        )
-                        .await?;
-                    pg::wait_healthy(&proc.addr).await?;
-                    pg::policy(url).await?;
-                    let perf = ctx.perf_start("postgres", proc.pid());
-                    let out = pg::run(&proc, url, s.pg_latency, s.pg_changes, s.pg_subs, bar).await;
-                    ctx.perf_stop("postgres", perf, r);
-                    proc.stop();
-                    let cleanup = std::process::Command::new(&ctx.cli.server_bin)
-                        .args([
-                            "cleanup-postgres",
-                            "--database-url",
-                            url,
-                            "--slot-name",
-                            &slot,
-                            "--publication",
-                            publication,
-                        ])
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .status();
-                    if !matches!(cleanup, Ok(st) if st.success()) {
-                        crate::say(bar, format!("warning: could not drop slot {slot}"));
-                    }
-                    out
-                }
-                .await;
-                fmt_err(res)
-            }
-        });
-        crate::say(bar, format!("postgres: {}", match r.pg.as_ref() { Some(Ok(p)) => format!("commit->callback p50 {:.2} ms p99 {:.2} ms; {:.0} changes/s; realtime.send p50 {:.2} ms", p.latency.p50, p.latency.p99, p.changes_per_sec, p.dbb_latency.p50), Some(Err(e)) => format!("failed: {e}"), None => String::new() }));
+        if let Some(reference) = ctx.cli.pg_reference_bin.clone() {
+            // the same scenario against another build (e.g. the previous release), first
+            let res = run_postgres(ctx, &reference, &s, r, bar).await;
+            crate::say(
+                bar,
+                format!("postgres (reference build): {}", pg_summary(&res)),
+            );
+            r.pg_reference = Some(res);
+        }
+        let bin = ctx.cli.server_bin.clone();
+        let res = run_postgres(ctx, &bin, &s, r, bar).await;
+        crate::say(bar, format!("postgres: {}", pg_summary(&res)));
+        r.pg = Some(res);
         bar.inc(1);
     }
 
@@ -771,4 +751,72 @@ async fn run_cluster(ctx: &Ctx, s: &Sizes, mut p: FanoutParams, r: &mut Results)
         r.cluster_presence.push((label.to_owned(), fmt_err(res)));
         bar.inc(1);
     }
+}
+
+fn pg_summary(r: &Result<pg::PgResult, String>) -> String {
+    match r {
+        Ok(p) => format!(
+            "commit->callback p50 {:.2} ms p99 {:.2} ms; {:.0} changes/s; paced {:.0}/s p99 {:.2} ms; realtime.send p50 {:.2} ms",
+            p.latency.p50, p.latency.p99, p.changes_per_sec, p.paced_rate, p.paced_latency.p99, p.dbb_latency.p50
+        ),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// The postgres_changes / database broadcast scenario against the server binary `bin`.
+async fn run_postgres(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    s: &Sizes,
+    r: &mut Results,
+    bar: &ProgressBar,
+) -> Result<pg::PgResult, String> {
+    let Some(url) = &ctx.cli.database_url else {
+        return Err("n/a (no DATABASE_URL: start one with scripts/postgres.sh)".into());
+    };
+    let res: Res<pg::PgResult> = async {
+        let slot = format!("bench_slot_{}", std::process::id());
+        let publication = "bench_pub";
+        pg::prepare(url, publication).await?;
+        let mut proc = ctx
+            .server_from(
+                bin,
+                &[
+                    "--database-url".into(),
+                    url.clone(),
+                    "--slot-name".into(),
+                    slot.clone(),
+                    "--publication".into(),
+                    publication.into(),
+                ],
+                &[("REALTIME_PG_RESUME_GRACE_MS", "0".into())],
+                "postgres",
+            )
+            .await?;
+        pg::wait_healthy(&proc.addr).await?;
+        pg::policy(url).await?;
+        let perf = ctx.perf_start("postgres", proc.pid());
+        let out = pg::run(&proc, url, s.pg_latency, s.pg_changes, s.pg_subs, bar).await;
+        ctx.perf_stop("postgres", perf, r);
+        proc.stop();
+        let cleanup = std::process::Command::new(bin)
+            .args([
+                "cleanup-postgres",
+                "--database-url",
+                url,
+                "--slot-name",
+                &slot,
+                "--publication",
+                publication,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(cleanup, Ok(st) if st.success()) {
+            crate::say(bar, format!("warning: could not drop slot {slot}"));
+        }
+        out
+    }
+    .await;
+    fmt_err(res)
 }

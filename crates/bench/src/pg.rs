@@ -6,6 +6,8 @@
 //! * throughput: 100 subscribers, each its own user (100 distinct claims for RLS) with a
 //!   filtered binding `room=eq.<i % 10>`, RLS enabled with a policy for `authenticated`;
 //!   rows inserted in transactions of 1,000; changes per second until the last delivery.
+//!   Then *paced*: the same subscribers, half that rate (10 ms ticks, one transaction per
+//!   tick) for 3 s; the latency of each delivery (the target's p99 is read there).
 //! * database broadcast: `SELECT realtime.send(...)` in autocommit, one after another, to a
 //!   public channel; commit→receive latency.
 
@@ -31,6 +33,10 @@ pub struct PgResult {
     pub changes_per_sec: f64,
     pub deliveries_per_sec: f64,
     pub load_latency: Latency,
+    /// Changes per second of the paced phase (half the saturated rate).
+    pub paced_rate: f64,
+    pub paced_latency: Latency,
+    pub paced_missing: u64,
     pub subscribers: usize,
     pub dbb_latency: Latency,
     pub dbb_samples: Vec<f64>,
@@ -272,8 +278,9 @@ pub async fn run(
     res.changes = (txs * per_tx) as u64;
     res.changes_per_sec = res.changes as f64 / secs.max(1e-6);
     res.deliveries_per_sec = delivered.load(Ordering::Relaxed) as f64 / secs.max(1e-6);
-    if let Ok(h) = hist.lock() {
+    if let Ok(mut h) = hist.lock() {
         res.load_latency = Latency::of(&h);
+        h.reset();
     }
     if delivered.load(Ordering::Relaxed) < expect {
         // which rows are missing, for whom
@@ -308,6 +315,37 @@ pub async fn run(
                 .join(", "),
             dropped.load(Ordering::Relaxed)
         );
+    }
+
+    // paced: half the saturated rate, one transaction per 10 ms tick
+    let per_tick = ((res.changes_per_sec / 2.0 / 100.0).round() as usize).max(1);
+    let ticks = 300;
+    bar.set_message(format!(
+        "postgres_changes: paced, {} changes/s to {n_subs} subscribers",
+        per_tick * 100
+    ));
+    let d0 = delivered.load(Ordering::Relaxed);
+    let mut iv = tokio::time::interval(Duration::from_millis(10));
+    for _ in 0..ticks {
+        iv.tick().await;
+        let t = now_us() as i64;
+        c.execute(&batch, &[&t, &(per_tick as i32)]).await?;
+    }
+    let paced_expect: u64 = ticks as u64 * (1..=per_tick).map(|g| per_room[g % 10]).sum::<u64>();
+    let (mut seen_n, mut progress) = (0, std::time::Instant::now());
+    while delivered.load(Ordering::Relaxed) - d0 < paced_expect
+        && progress.elapsed() < Duration::from_secs(3)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = delivered.load(Ordering::Relaxed);
+        if n != seen_n {
+            (seen_n, progress) = (n, std::time::Instant::now());
+        }
+    }
+    res.paced_rate = (per_tick * 100) as f64;
+    res.paced_missing = paced_expect.saturating_sub(delivered.load(Ordering::Relaxed) - d0);
+    if let Ok(h) = hist.lock() {
+        res.paced_latency = Latency::of(&h);
     }
     for (cl, _) in clients {
         cl.disconnect().await;

@@ -210,6 +210,53 @@ fn targets(r: &Results) -> Vec<(String, String, String, String)> {
                 ),
                 status(p.latency.p50 < 10.0).into(),
             ));
+            let reference = match &r.pg_reference {
+                Some(Ok(b)) => Some(b),
+                _ => None,
+            };
+            out.push((
+                format!(
+                    "postgres_changes, {} RLS subscribers, distinct claims >= 11,000 changes/s",
+                    p.subscribers
+                ),
+                format!("{} changes/s", human(p.changes_per_sec)),
+                reference.map_or(String::new(), |b| {
+                    format!(
+                        "{} of the previous build ({} changes/s)",
+                        ratio(p.changes_per_sec, b.changes_per_sec),
+                        human(b.changes_per_sec)
+                    )
+                }),
+                status(p.changes_per_sec >= 11_000.0).into(),
+            ));
+            out.push((
+                "postgres_changes p99 < 100 ms at half the saturated rate".into(),
+                format!(
+                    "p99 {:.2} ms at {} changes/s",
+                    p.paced_latency.p99,
+                    human(p.paced_rate)
+                ),
+                reference.map_or(String::new(), |b| {
+                    format!(
+                        "previous build: p99 {:.2} ms at {} changes/s",
+                        b.paced_latency.p99,
+                        human(b.paced_rate)
+                    )
+                }),
+                status(p.paced_latency.p99 < 100.0 && p.paced_missing == 0).into(),
+            ));
+            if let Some(b) = reference {
+                out.push((
+                    "postgres_changes single-change p50 not worse than before".into(),
+                    format!("p50 {:.2} ms", p.latency.p50),
+                    format!(
+                        "{} of the previous build ({:.2} ms)",
+                        ratio(p.latency.p50, b.latency.p50),
+                        b.latency.p50
+                    ),
+                    status(p.latency.p50 <= b.latency.p50 * 1.05).into(),
+                ));
+            }
             out.push((
                 "postgres_changes / database broadcast: nothing lost".into(),
                 format!(
@@ -516,6 +563,15 @@ pub fn write(
             );
             let _ = writeln!(
                 md,
+                "| postgres_changes, {} subscribers, RLS, paced at half that rate | {} | {:.2} | {} changes/s offered, {} not delivered |",
+                p.subscribers,
+                lat(&p.paced_latency),
+                p.paced_latency.max,
+                human(p.paced_rate),
+                p.paced_missing
+            );
+            let _ = writeln!(
+                md,
                 "| database broadcast realtime.send -> receive | {} | {:.2} | |",
                 lat(&p.dbb_latency),
                 p.dbb_latency.max
@@ -526,6 +582,47 @@ pub fn write(
                 lat(&p.dbb_commit),
                 p.dbb_commit.max
             );
+            if let Some(reference) = &r.pg_reference {
+                match reference {
+                    Ok(b) => {
+                        let _ = writeln!(
+                            md,
+                            "\n**Before / after, one run**: the same scenario first against the previous build \
+                             (`--pg-reference-bin`), then against this one, on the same database.\n\n\
+                             | figure | previous build | this build | ratio |\n|---|---|---|---|\n\
+                             | changes/s, {n} RLS subscribers (saturated) | {} | {} | {} |\n\
+                             | deliveries/s (saturated) | {} | {} | {} |\n\
+                             | latency under saturation p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | |\n\
+                             | paced at half the saturated rate: rate, p99 ms | {} /s, {:.2} | {} /s, {:.2} | |\n\
+                             | single change commit -> callback p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | {} |\n",
+                            human(b.changes_per_sec),
+                            human(p.changes_per_sec),
+                            ratio(p.changes_per_sec, b.changes_per_sec),
+                            human(b.deliveries_per_sec),
+                            human(p.deliveries_per_sec),
+                            ratio(p.deliveries_per_sec, b.deliveries_per_sec),
+                            b.load_latency.p50,
+                            b.load_latency.p99,
+                            p.load_latency.p50,
+                            p.load_latency.p99,
+                            human(b.paced_rate),
+                            b.paced_latency.p99,
+                            human(p.paced_rate),
+                            p.paced_latency.p99,
+                            b.latency.p50,
+                            b.latency.p99,
+                            p.latency.p50,
+                            p.latency.p99,
+                            ratio(p.latency.p50, b.latency.p50),
+                            n = p.subscribers,
+                        );
+                    }
+                    Err(e) => {
+                        let _ =
+                            writeln!(md, "\nPrevious build (`--pg-reference-bin`): failed: {e}\n");
+                    }
+                }
+            }
             let _ = writeln!(
                 md,
                 "\nNever delivered: {} of the single-row changes{}, {} of the throughput deliveries{}, {} of the database broadcasts \

@@ -291,83 +291,9 @@ pub fn convert_change_data(
         .collect()
 }
 
-/// Convert one string cell of Postgres type `ty`.
+/// Convert one string cell of Postgres type `ty` (the typing shared with the server).
 pub fn convert_cell(ty: &str, s: &str) -> Value {
-    if let Some(elem) = ty.strip_prefix('_') {
-        return convert_array(elem, s);
-    }
-    match ty {
-        "bool" => match s {
-            "t" | "true" => Value::Bool(true),
-            "f" | "false" => Value::Bool(false),
-            _ => Value::from(s),
-        },
-        "int2" | "int4" | "int8" | "oid" => s
-            .trim()
-            .parse::<i64>()
-            .map(Value::from)
-            .or_else(|_| s.trim().parse::<f64>().map(number))
-            .unwrap_or_else(|_| Value::from(s)),
-        "float4" | "float8" | "numeric" => s
-            .trim()
-            .parse::<f64>()
-            .map(number)
-            .unwrap_or_else(|_| Value::from(s)),
-        "json" | "jsonb" => serde_json::from_str(s).unwrap_or_else(|_| Value::from(s)),
-        "timestamp" => Value::from(s.replacen(' ', "T", 1)),
-        _ => Value::from(s),
-    }
-}
-
-fn number(f: f64) -> Value {
-    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
-}
-
-/// A Postgres array literal `{1,2,3}` (or JSON text) of element type `elem`.
-fn convert_array(elem: &str, s: &str) -> Value {
-    let t = s.trim();
-    if let Ok(v @ Value::Array(_)) = serde_json::from_str::<Value>(t) {
-        return v;
-    }
-    let Some(inner) = t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) else {
-        return Value::from(s);
-    };
-    if inner.is_empty() {
-        return Value::Array(Vec::new());
-    }
-    let mut items = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut was_quoted = false;
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                was_quoted = true;
-            }
-            '\\' if quoted => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            ',' if !quoted => {
-                items.push(array_item(elem, &cur, was_quoted));
-                cur.clear();
-                was_quoted = false;
-            }
-            c => cur.push(c),
-        }
-    }
-    items.push(array_item(elem, &cur, was_quoted));
-    Value::Array(items)
-}
-
-fn array_item(elem: &str, raw: &str, quoted: bool) -> Value {
-    if !quoted && raw.eq_ignore_ascii_case("NULL") {
-        return Value::Null;
-    }
-    convert_cell(elem, raw)
+    supa_realtime_protocol::pg_types::typname_to_json(ty, s)
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ mod error;
 pub mod event;
 pub mod join;
 mod message;
+pub mod pg_types;
 pub mod presence;
 mod serializer;
 

@@ -28,9 +28,13 @@ mod database;
 mod fanout;
 mod http;
 mod limits;
+mod metrics;
+mod migrate;
+mod outbox;
 pub mod postgres;
 mod presence;
 mod registry;
+mod replication;
 mod state;
 
 use std::io;
@@ -62,8 +66,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::new());
         let feed = match &config.database_url {
-            Some(url) => ChangeFeed::start(
+            Some(url) => ChangeFeed::start_measured(
                 PostgresConfig {
                     publication: config.publication.clone(),
                     slot_name: config.slot_name.clone(),
@@ -72,6 +77,7 @@ impl Server {
                     ..PostgresConfig::new(url.clone())
                 },
                 shutdown.clone(),
+                metrics.clone(),
             ),
             None => ChangeFeed::disabled(),
         };
@@ -82,13 +88,14 @@ impl Server {
             ),
             None => None,
         };
-        let mut state = AppState::new(config, shutdown.clone(), feed, database.clone());
+        let mut state = AppState::new(config, shutdown.clone(), feed, database.clone(), metrics);
         if state.config.cluster.redis_url.is_some() {
             let (cluster, registry) = cluster::Cluster::start(
                 &state.config.cluster,
                 state.events.clone(),
                 state.presence_events.clone(),
                 state.users.clone(),
+                state.metrics.clone(),
                 shutdown.clone(),
             )
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

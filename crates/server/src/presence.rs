@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use supa_realtime_protocol::presence::{Meta, PresenceDiff, PresenceState};
 
-use crate::registry::SubId;
+use crate::fanout::SubId;
 
 #[derive(Debug, Clone)]
 struct Entry {

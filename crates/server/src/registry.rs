@@ -11,7 +11,6 @@
 //! hooks every call below runs the single-node path unchanged.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -19,19 +18,11 @@ use supa_realtime_protocol::presence::PresenceDiff;
 use supa_realtime_protocol::{event, Message, Serializer};
 use tokio::sync::mpsc;
 
-use crate::connection::{Control, Outbox};
-use crate::fanout::{Body, Encoded};
+use crate::fanout::{Body, Encoded, SubId};
 use crate::limits::RateCounter;
+use crate::metrics::Metrics;
+use crate::outbox::{Control, Outbox};
 use crate::presence::PresenceTracker;
-
-/// Identifies one channel instance (one successful join) server-wide.
-pub(crate) type SubId = u64;
-
-static NEXT_SUB: AtomicU64 = AtomicU64::new(1);
-
-pub(crate) fn next_sub_id() -> SubId {
-    NEXT_SUB.fetch_add(1, Ordering::Relaxed)
-}
 
 /// Which room: public and private channels with one name are different rooms.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,6 +68,7 @@ pub(crate) struct Topic {
     subs: RwLock<HashMap<SubId, Subscriber>>,
     presence: Mutex<PresenceTracker>,
     hooks: Option<Arc<dyn TopicHooks>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a receiving channel is being closed by a fan-out.
@@ -84,12 +76,13 @@ pub(crate) const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 pub(crate) const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
 
 impl Topic {
-    fn new(key: TopicKey, hooks: Option<Arc<dyn TopicHooks>>) -> Self {
+    fn new(key: TopicKey, hooks: Option<Arc<dyn TopicHooks>>, metrics: Arc<Metrics>) -> Self {
         Topic {
             key,
             subs: RwLock::new(HashMap::new()),
             presence: Mutex::new(PresenceTracker::default()),
             hooks,
+            metrics,
         }
     }
 
@@ -228,6 +221,7 @@ impl Topic {
                 }
             }
         }
+        self.metrics.messages_out("broadcast", delivered as u64);
         delivered
     }
 
@@ -272,11 +266,13 @@ impl Topic {
             event::PRESENCE_DIFF,
             diff.to_wire(),
         )));
+        let mut sent = 0;
         for sub in subs.values().filter(|s| s.reads_presence) {
             if let Some(frame) = encoded.frame(sub.serializer) {
-                sub.outbox.send(frame);
+                sent += u64::from(sub.outbox.send(frame));
             }
         }
+        self.metrics.messages_out("presence_diff", sent);
     }
 }
 
@@ -288,18 +284,28 @@ fn close_channel(id: SubId, sub: &Subscriber, message: &'static str) {
 }
 
 /// All topics of the server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     topics: RwLock<HashMap<TopicKey, Arc<Topic>>>,
     hooks: Option<Arc<dyn TopicHooks>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            topics: RwLock::new(HashMap::new()),
+            hooks: None,
+            metrics,
+        }
+    }
+
     /// A registry whose topics report to `hooks` (cluster mode).
-    pub(crate) fn with_hooks(hooks: Arc<dyn TopicHooks>) -> Self {
+    pub(crate) fn with_hooks(hooks: Arc<dyn TopicHooks>, metrics: Arc<Metrics>) -> Self {
         Registry {
             topics: RwLock::new(HashMap::new()),
             hooks: Some(hooks),
+            metrics,
         }
     }
 
@@ -316,7 +322,11 @@ impl Registry {
         let t = topics
             .entry(key.clone())
             .or_insert_with(|| {
-                let t = Arc::new(Topic::new(key.clone(), self.hooks.clone()));
+                let t = Arc::new(Topic::new(
+                    key.clone(),
+                    self.hooks.clone(),
+                    self.metrics.clone(),
+                ));
                 // Under the write lock, so opened/closed reach the hooks in order.
                 if let Some(hooks) = &self.hooks {
                     hooks.opened(&t);

@@ -10,6 +10,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::database::Database;
 use crate::limits::RateCounter;
+use crate::metrics::Metrics;
 use crate::postgres::ChangeFeed;
 use crate::registry::Registry;
 
@@ -35,6 +36,8 @@ pub(crate) struct AppState {
     pub(crate) database: Option<Arc<Database>>,
     /// Cluster mode (`--redis-url`); `None` runs everything on this node alone.
     pub(crate) cluster: Option<Cluster>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -43,10 +46,11 @@ impl AppState {
         shutdown: CancellationToken,
         feed: Arc<ChangeFeed>,
         database: Option<Arc<Database>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         AppState {
             jwt: JwtVerifier::new(&config.jwt_secret),
-            registry: Arc::new(Registry::default()),
+            registry: Arc::new(Registry::new(metrics.clone())),
             events: Arc::new(RateCounter::new(config.max_events_per_second)),
             joins: RateCounter::new(config.max_joins_per_second),
             presence_events: Arc::new(RateCounter::new(config.max_presence_events_per_second)),
@@ -57,6 +61,7 @@ impl AppState {
             feed,
             database,
             cluster: None,
+            metrics,
             config,
         }
     }

@@ -13,7 +13,7 @@ use supa_realtime_protocol::presence::Meta;
 use supa_realtime_protocol::{Message, UserBroadcast, UserPayload};
 
 use crate::fanout::Body;
-use crate::registry::SubId;
+use crate::fanout::SubId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Kind {
@@ -130,6 +130,8 @@ pub(crate) fn encode_body(
                 UserPayload::Binary(p) => (Kind::UserBinary, b.event.as_str(), meta, p.to_vec()),
             }
         }
+        // JSON text already: carried as a JSON message (the receiving node parses it once).
+        Body::Raw { event, payload, .. } => (Kind::Json, *event, None, payload.as_bytes().to_vec()),
         Body::Opaque { event, data, .. } => (Kind::Opaque, event.as_str(), None, data.to_vec()),
     };
     let mut h = header(node, kind);

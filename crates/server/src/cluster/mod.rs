@@ -59,8 +59,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::ClusterConfig;
 
 use crate::fanout::Body;
+use crate::fanout::SubId;
 use crate::limits::RateCounter;
-use crate::registry::{Registry, SubId, Topic, TopicHooks, TopicKey};
+use crate::metrics::Metrics;
+use crate::registry::{Registry, Topic, TopicHooks, TopicKey};
 use envelope::Kind;
 use keys::Keys;
 
@@ -256,6 +258,7 @@ impl Cluster {
         events: Arc<RateCounter>,
         presence_events: Arc<RateCounter>,
         users: Arc<AtomicUsize>,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(Cluster, Arc<Registry>), ClusterError> {
         let url = config.redis_url.clone().unwrap_or_default();
@@ -277,7 +280,7 @@ impl Cluster {
             pub_tx: pub_tx.clone(),
             sub_tx: sub_tx.clone(),
         });
-        let registry = Arc::new(Registry::with_hooks(hooks));
+        let registry = Arc::new(Registry::with_hooks(hooks, metrics));
         tokio::spawn(publisher::run(
             shared.clone(),
             registry.clone(),

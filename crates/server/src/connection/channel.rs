@@ -6,9 +6,10 @@ use supa_realtime_protocol::join::JoinConfig;
 
 use crate::auth::Claims;
 use crate::database::authorization::ReadAccess;
+use crate::fanout::SubId;
 use crate::limits::SlidingWindow;
 use crate::postgres::Subscription;
-use crate::registry::{SubId, Topic};
+use crate::registry::Topic;
 
 /// A channel instance: created by a successful `phx_join`, gone after leave or close.
 pub(crate) struct Channel {

@@ -15,10 +15,10 @@ use crate::auth::{Claims, JwtError};
 use crate::database::authorization::ReadAccess;
 use crate::database::replay::StoredMessage;
 use crate::database::UNABLE_TO_CONNECT;
-use crate::fanout::to_ws;
+use crate::fanout::{next_sub_id, to_ws};
 use crate::limits::SlidingWindow;
 use crate::postgres::{Binding, FeedEvent, SubscribeRequest, Subscription};
-use crate::registry::{next_sub_id, Subscriber, TopicKey};
+use crate::registry::{Subscriber, TopicKey};
 
 /// Token checks happen at least this often, as upstream re-verifies channel tokens.
 const MAX_TOKEN_CHECK: Duration = Duration::from_secs(300);
@@ -206,6 +206,7 @@ impl Connection {
         if self.channels.is_empty() {
             state.users.fetch_add(1, Ordering::SeqCst);
         }
+        state.metrics.channel_opened(key.private);
         let postgres = (!config.postgres_changes.is_empty())
             .then(|| self.subscribe_postgres(&m.topic, name, &join_ref, &config, &claims));
         self.channels.insert(
@@ -257,6 +258,7 @@ impl Connection {
     /// Answer a refused join after upstream's backoff, without holding up this socket.
     fn refuse(&self, m: &Message, reason: String, close: bool) {
         tracing::info!(conn = self.id, topic = %m.topic, %reason, "join refused");
+        self.state.metrics.join_refused(&reason);
         let reply = Message::reply_to(m, Status::Error, json!({"reason": reason}));
         let frame = to_ws(self.serializer.encode_server_message(&reply));
         let outbox = self.outbox.clone();
@@ -291,31 +293,31 @@ impl Connection {
         let wire_topic = wire_topic.to_owned();
         let channel_name = name.to_owned();
         let join_ref = join_ref.clone();
+        let metrics = self.state.metrics.clone();
         // Changes go straight to the socket's queue: the feed never waits on this connection,
         // and the slow-consumer policy applies as for any other fan-out.
         let sink = Arc::new(move |ev: FeedEvent| {
+            let kind = match ev {
+                FeedEvent::Change { .. } => "postgres_changes",
+                _ => "system",
+            };
             let frame = match ev {
-                // The change's JSON was made once for every channel it goes to; only the ids
-                // differ per channel. Keys in upstream's (sorted) order: data, ids.
-                FeedEvent::Change { ids, data } => {
-                    let ids = Value::from(ids).to_string();
-                    let payload = format!("{{\"data\":{},\"ids\":{ids}}}", data.json());
-                    serializer.encode_server_raw(
-                        None,
-                        None,
-                        &wire_topic,
-                        event::POSTGRES_CHANGES,
-                        &payload,
-                    )
-                }
-                ev => serializer.encode_server_message(&feed_message(
+                // Encoded once per serializer for every channel of this topic that gets the
+                // same change with the same ids (the fan-out's `Encoded`).
+                FeedEvent::Change(change) => match change.frame(serializer) {
+                    Some(frame) => frame,
+                    None => return,
+                },
+                ev => to_ws(serializer.encode_server_message(&feed_message(
                     &wire_topic,
                     &channel_name,
                     &join_ref,
                     ev,
-                )),
+                ))),
             };
-            outbox.send(to_ws(frame));
+            if outbox.send(frame) {
+                metrics.messages_out(kind, 1);
+            }
         });
         self.state.feed.subscribe(SubscribeRequest {
             topic: name.to_owned(),
@@ -394,11 +396,9 @@ fn feed_message(wire_topic: &str, name: &str, join_ref: &Option<String>, ev: Fee
             event::SYSTEM,
             json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name}),
         ),
-        FeedEvent::Change { ids, data } => Message::fanout(
-            wire_topic,
-            event::POSTGRES_CHANGES,
-            json!({"ids": ids, "data": data.value()}),
-        ),
+        FeedEvent::Change(change) => {
+            Message::fanout(wire_topic, event::POSTGRES_CHANGES, change.payload())
+        }
     }
 }
 

@@ -7,7 +7,6 @@
 
 mod channel;
 mod join;
-mod outbox;
 mod push;
 
 use std::collections::HashMap;
@@ -26,22 +25,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Claims;
-use crate::fanout::to_ws;
-use crate::registry::SubId;
+use crate::fanout::{to_ws, SubId};
+use crate::outbox;
 use crate::state::AppState;
 
+pub(crate) use crate::outbox::{close_code, Control, Outbox};
 pub(crate) use channel::Channel;
 pub(crate) use join::may_use_private_channel;
-pub(crate) use outbox::{close_code, Outbox};
-
-/// Messages from other tasks to a connection's read loop.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Close channel `sub` with a `system` error `message`, then `phx_close`.
-    CloseChannel { sub: SubId, message: String },
-    /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
-    TokenCheck { sub: SubId, generation: u64 },
-}
 
 /// How the socket authenticated.
 pub(crate) struct ConnectInfo {
@@ -77,6 +67,7 @@ pub(crate) async fn run(socket: WebSocket, state: Arc<AppState>, info: ConnectIn
         id,
         closer.clone(),
         state.shutdown.clone(),
+        state.metrics.clone(),
     );
     let (control, mut control_rx) = mpsc::channel(1024);
     let idle = Duration::from_millis(state.config.idle_timeout_ms);
@@ -152,7 +143,10 @@ impl Connection {
         };
         match decoded {
             Ok((ClientFrame::Message(m), len)) => self.on_message(m, len).await,
-            Ok((ClientFrame::UserBroadcast(b), len)) => self.on_user_broadcast(b, len).await,
+            Ok((ClientFrame::UserBroadcast(b), len)) => {
+                self.state.metrics.message_in("broadcast");
+                self.on_user_broadcast(b, len).await
+            }
             Ok((ClientFrame::BinaryPush(p), len)) => self.on_binary_push(p, len),
             Err(e) => {
                 // Upstream logs and drops malformed frames; the socket stays open.
@@ -163,6 +157,7 @@ impl Connection {
     }
 
     async fn on_message(&mut self, m: Message, frame_len: usize) {
+        self.state.metrics.message_in(&m.event);
         if m.topic == PHOENIX_TOPIC {
             if m.event == event::HEARTBEAT {
                 self.reply(&m, Status::Ok, json!({}));
@@ -244,6 +239,7 @@ impl Connection {
     /// Remove a channel from its topic (its presence leaves) and from this connection.
     fn remove_channel(&mut self, topic: &str) -> Option<Channel> {
         let channel = self.channels.remove(topic)?;
+        self.state.metrics.channel_closed(channel.topic.key.private);
         channel
             .topic
             .remove(channel.sub, &self.state.presence_events);

@@ -18,10 +18,27 @@ use tokio_util::sync::CancellationToken;
 
 use super::Database;
 use crate::fanout::Body;
-use crate::postgres::pgoutput::{self, Datum, Message, Relation};
-use crate::postgres::replication::{quote_ident, ConnParams, ReplMessage, ReplicationConnection};
+use crate::metrics::Stream;
 use crate::registry::TopicKey;
+use crate::replication::pgoutput::{Datum, Message, Relation};
+use crate::replication::stream::{Frame, LogicalStream};
+use crate::replication::{quote_ident, ConnParams, ReplicationConnection};
 use crate::state::AppState;
+
+/// Why a streaming session ended (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error("{0}")]
+    Database(#[from] super::DbError),
+    #[error("invalid database URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("{0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("replication: {0}")]
+    Replication(#[from] crate::replication::ReplError),
+    #[error("replication: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// The publication upstream streams `realtime.messages` from.
 pub(crate) const PUBLICATION: &str = "supabase_realtime_messages_publication";
@@ -65,18 +82,13 @@ async fn session(
     state: &Arc<AppState>,
     db: &Database,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
-    let client = db.client().await.map_err(|e| e.to_string())?;
-    client
-        .batch_execute(ENSURE_PUBLICATION)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), StreamError> {
+    let client = db.client().await?;
+    client.batch_execute(ENSURE_PUBLICATION).await?;
     drop(client);
-    let cfg: tokio_postgres::Config = db.url.parse().map_err(|e| format!("{e}"))?;
-    let params = ConnParams::from_config(&cfg).map_err(|e| e.to_string())?;
-    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
+    let cfg: tokio_postgres::Config = db.url.parse().map_err(StreamError::Url)?;
+    let params = ConnParams::from_config(&cfg)?;
+    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
     let slot = format!(
         "supabase_realtime_messages_replication_slot_{:08x}",
         rand::random::<u32>()
@@ -85,51 +97,49 @@ async fn session(
         "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
         quote_ident(&slot)
     ))
-    .await
-    .map_err(|e| e.to_string())?;
-    repl.start_logical(&slot, 0, PUBLICATION)
+    .await?;
+    let mut stream = LogicalStream::start(repl, &slot, 0, PUBLICATION)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|(_, e)| e)?;
     tracing::info!(slot, "streaming database broadcasts from realtime.messages");
     db.streaming.store(true, Ordering::SeqCst);
 
     let mut relations: HashMap<u32, Relation> = HashMap::new();
-    let mut confirmed = 0u64;
-    let mut status = tokio::time::interval(Duration::from_secs(10));
+    let mut commit_ts = 0i64;
+    let mut status = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let msg = tokio::select! {
+        let frame = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = status.tick() => {
-                repl.send_status(confirmed, false).await.map_err(|e| e.to_string())?;
+                stream.tick().await?;
+                state.metrics.replication_confirmed(Stream::DatabaseBroadcast, stream.confirmed(), 0);
                 continue;
             }
-            m = repl.next() => m.map_err(|e| e.to_string())?,
+            f = stream.next() => f?,
         };
-        match msg {
-            ReplMessage::XLogData { data } => match pgoutput::decode(data) {
-                Ok(Message::Relation(r)) => {
-                    relations.insert(r.id, r);
-                }
-                Ok(Message::Insert { rel, new }) => {
-                    if let Some(r) = relations.get(&rel) {
-                        if r.schema == "realtime" && r.table.starts_with("messages") {
-                            deliver(state, r, &new);
-                        }
+        match frame {
+            Frame::Message(Message::Relation(r)) => {
+                relations.insert(r.id, r);
+            }
+            Frame::Message(Message::Insert { rel, new }) => {
+                if let Some(r) = relations.get(&rel) {
+                    if r.schema == "realtime" && r.table.starts_with("messages") {
+                        deliver(state, r, &new);
+                        state.metrics.database_broadcast(commit_ts);
                     }
                 }
-                Ok(Message::Commit { end_lsn, .. }) => confirmed = confirmed.max(end_lsn),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "undecodable replication message skipped"),
-            },
-            // Everything before the server's WAL end has been received and handled in order.
-            ReplMessage::Keepalive { wal_end, reply } => {
-                confirmed = confirmed.max(wal_end);
-                if reply {
-                    repl.send_status(confirmed, false)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
             }
+            Frame::Message(Message::Begin { commit_ts: ts, .. }) => commit_ts = ts,
+            // handed to the subscribers' queues in order: confirmed at the next tick
+            Frame::Message(Message::Commit { end_lsn, .. }) => {
+                stream.idle(end_lsn, false, true).await?
+            }
+            Frame::Message(_) => {}
+            Frame::Undecodable(e) => {
+                tracing::warn!(error = %e, "undecodable replication message skipped")
+            }
+            // Everything before the server's WAL end has been received and handled in order.
+            Frame::Keepalive { wal_end, reply } => stream.idle(wal_end, reply, true).await?,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The database side of private channels and database broadcast (PROTOCOL.md §9.2, §10.6).
 //!
-//! * [`migrate`] brings the database to the shape of a Supabase project (schema `realtime`,
-//!   `realtime.messages`, `realtime.send`, `auth.*`, the roles), once, under an advisory lock.
+//! * [`crate::migrate`] (below this module and postgres_changes, which both need it) brings the
+//!   database to the shape of a Supabase project (schema `realtime`, `realtime.messages`,
+//!   `realtime.send`, `auth.*`, the roles), once, under an advisory lock.
 //! * [`authorization`] answers "may these claims read / write this topic?" by evaluating the
 //!   RLS policies on `realtime.messages`, as upstream does.
 //! * [`replay`] reads stored messages for `broadcast.replay`.
@@ -13,7 +14,6 @@
 
 pub(crate) mod authorization;
 pub(crate) mod broadcast_stream;
-pub(crate) mod migrate;
 pub(crate) mod replay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,7 +117,9 @@ async fn maintain(db: Arc<Database>, shutdown: CancellationToken) {
     loop {
         let attempt = async {
             let client = db.pool.get().await.map_err(|e| e.to_string())?;
-            migrate::run(&client).await.map_err(|e| e.to_string())
+            crate::migrate::run(&client)
+                .await
+                .map_err(|e| e.to_string())
         };
         match attempt.await {
             Ok(_) => break,

@@ -29,6 +29,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             .route(&format!("{prefix}/api/health"), get(health));
     }
     router
+        .route("/metrics", get(metrics))
         .route("/socket/websocket", get(websocket::upgrade))
         .route("/realtime/v1/websocket", get(websocket::upgrade))
         .layer(
@@ -42,6 +43,22 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 
 async fn ping() -> Json<serde_json::Value> {
     Json(json!({"message": "Success"}))
+}
+
+/// The Prometheus text exposition of the server's metrics.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl axum::response::IntoResponse {
+    state
+        .metrics
+        .set_connections(state.connections.load(std::sync::atomic::Ordering::Relaxed));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// What is up: connections, the database (migrated, streaming broadcasts) and the change feed.

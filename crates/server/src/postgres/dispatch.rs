@@ -1,9 +1,13 @@
-//! One decoded change → the `postgres_changes` deliveries (upstream `apply_rls` semantics).
+//! One decoded change → the `postgres_changes` deliveries (upstream `apply_rls` semantics),
+//! in two steps so that RLS checks can be batched:
 //!
-//! Per change: find the channels that bound the table (registry index), evaluate their filters
-//! on the new row (DELETE: on the old identity values), group the matching channels by claims,
-//! run the RLS check once per claims group (rls.rs), and build each distinct `data` object
-//! once per (role, `select`) and share it (`Arc`) among the channels that get it.
+//! 1. [`prepare`], as the change is decoded: find the channels that bound the table (registry
+//!    index), evaluate their filters on the new row (DELETE: on the old identity values), and
+//!    for each distinct claims set that must pass RLS add the row's key to the batch's checks
+//!    (rls.rs). The result owns everything it needs.
+//! 2. [`Prepared::deliver`], once the batch's answers are in, in stream order: build each
+//!    distinct `data` object once per (role, `select`), share it (`Arc`) among the channels
+//!    that get it, and hand it to their sinks.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,18 +17,18 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, TableInfo};
 use super::eval::{self, Row};
-use super::pgoutput::{Datum, Relation};
 use super::registry::{Claims, Registry, SubEntry};
-use super::rls;
+use super::rls::{self, Slot};
 use super::subscribe::Action;
 use super::types::{self, Kind};
-use super::{ChangeData, FeedEvent};
+use super::{ChangeData, ChangeFrame, FeedEvent};
+use crate::replication::pgoutput::{Datum, Relation};
 
 /// One row change, as decoded.
 pub(crate) struct Change<'a> {
     pub(crate) action: Action,
     pub(crate) rel: &'a Relation,
-    pub(crate) table: &'a TableInfo,
+    pub(crate) table: &'a Arc<TableInfo>,
     /// microseconds since 2000-01-01 UTC
     pub(crate) commit_ts: i64,
     pub(crate) new: Option<&'a [Datum]>,
@@ -75,20 +79,28 @@ pub(crate) fn format_commit_ts(pg_micros: i64) -> String {
 pub(crate) struct DispatchCache {
     /// (role, table oid) → columns the role may SELECT.
     pub(crate) visible: HashMap<(String, u32), Arc<HashSet<String>>>,
-    /// The transaction being decoded, and whether other sessions are known to see it yet.
-    txn: Option<(u32, bool)>,
-}
-
-impl DispatchCache {
-    /// A new transaction starts streaming: its visibility is not known yet.
-    pub(crate) fn begin_transaction(&mut self, xid: u32) {
-        self.txn = Some((xid, false));
-    }
 }
 
 /// Typed values of one tuple, in relation order: (name, text or NULL, JSON).
 struct Typed<'a> {
     cols: Vec<(&'a str, Option<&'a str>, Value)>,
+}
+
+/// The same, owned, once filters have been evaluated: (name, JSON).
+struct Owned {
+    cols: Vec<(String, Value)>,
+}
+
+impl Typed<'_> {
+    fn owned(self) -> Owned {
+        Owned {
+            cols: self
+                .cols
+                .into_iter()
+                .map(|(n, _, v)| (n.to_string(), v))
+                .collect(),
+        }
+    }
 }
 
 fn typed<'a>(
@@ -111,7 +123,7 @@ fn typed<'a>(
         let d = match d {
             // unchanged TOAST: take the old value when the old row has it, else leave it out
             Datum::Unchanged => match other.and_then(|o| o.get(i)) {
-                Some(Datum::Text(_) | Datum::Null) => &other.unwrap_or_default()[i],
+                Some(d @ (Datum::Text(_) | Datum::Null)) => d,
                 _ => continue,
             },
             d => d,
@@ -148,21 +160,43 @@ enum Outcome {
     RlsFailed,
 }
 
-/// A channel whose bindings matched: its entry, claims and (binding id, `select`) pairs.
-type Matched = (Arc<SubEntry>, Arc<Claims>, Vec<(u32, Option<Vec<String>>)>);
+/// A channel whose bindings matched: its entry, claims, (binding id, `select`) pairs, and
+/// where its RLS answer will be (`None`: no check needed).
+struct Matched {
+    entry: Arc<SubEntry>,
+    claims: Arc<Claims>,
+    ids: Vec<(u32, Option<Vec<String>>)>,
+    rls: Option<Slot>,
+}
 
-/// Process one change. Returns the number of channel deliveries.
-pub(crate) async fn dispatch(
+/// A change whose matching channels are known, waiting for its batch's RLS answers.
+pub(crate) struct Prepared {
+    action: Action,
+    table: Arc<TableInfo>,
+    commit_ts: i64,
+    new: Option<Owned>,
+    old: Option<Owned>,
+    too_large: bool,
+    roles: HashMap<String, Arc<HashSet<String>>>,
+    matched: Vec<Matched>,
+}
+
+/// Match one change against the subscriptions. `None` when no channel wants it. RLS checks it
+/// needs are added to `checks` for transaction `xid`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn prepare(
     change: &Change<'_>,
     registry: &parking_lot::RwLock<Registry>,
     client: &Client,
     cache: &mut DispatchCache,
     max_record_bytes: usize,
-) -> Result<usize, tokio_postgres::Error> {
+    checks: &mut rls::Batch,
+    xid: u32,
+) -> Result<Option<Prepared>, tokio_postgres::Error> {
     let table = change.table;
     let candidates = registry.read().candidates(&table.schema, &table.table);
     if candidates.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let new = change
         .new
@@ -204,132 +238,93 @@ pub(crate) async fn dispatch(
         }
         if !ids.is_empty() {
             let claims = entry.claims.lock().clone();
-            matched.push((entry.clone(), claims, ids));
+            matched.push(Matched {
+                entry: entry.clone(),
+                claims,
+                ids,
+                rls: None,
+            });
         }
     }
     if matched.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
 
-    // per role: visible columns; per distinct claims: RLS
+    // per role: visible columns
     let mut roles: HashMap<String, Arc<HashSet<String>>> = HashMap::new();
-    for (_, c, _) in &matched {
-        if !roles.contains_key(&c.role) {
-            let key = (c.role.clone(), table.oid);
+    for m in &matched {
+        if !roles.contains_key(&m.claims.role) {
+            let key = (m.claims.role.clone(), table.oid);
             let vis = match cache.visible.get(&key) {
                 Some(v) => v.clone(),
                 None => {
-                    let v = Arc::new(catalog::visible_columns(client, &c.role, table.oid).await?);
+                    let v = Arc::new(
+                        catalog::visible_columns(client, &m.claims.role, table.oid).await?,
+                    );
                     cache.visible.insert(key, v.clone());
                     v
                 }
             };
-            roles.insert(c.role.clone(), vis);
+            roles.insert(m.claims.role.clone(), vis);
         }
     }
-    let has_pk = table.has_pk();
-    let role_outcome = |role: &str| -> Option<Outcome> {
-        if change.action == Action::Delete {
-            return None;
-        }
-        if !has_pk {
-            return Some(Outcome::NoPk);
-        }
-        let vis = &roles[role];
-        if table
+    // per distinct claims: one RLS check, answered with the batch
+    if table.rls_enabled && change.action != Action::Delete {
+        let key: Vec<String> = table
             .columns
             .iter()
             .filter(|c| c.is_pk)
-            .any(|c| !vis.contains(&c.name))
-        {
-            return Some(Outcome::Unauthorized);
-        }
-        None
-    };
-    let mut rls_result: HashMap<Arc<Claims>, Option<bool>> = HashMap::new();
-    if table.rls_enabled && change.action != Action::Delete {
-        let mut groups: Vec<Arc<Claims>> = Vec::new();
-        for (_, c, _) in &matched {
-            if role_outcome(&c.role).is_none() && !groups.contains(c) {
-                groups.push(c.clone());
+            .map(|c| new_row.get(&c.name).flatten().unwrap_or("").to_string())
+            .collect();
+        let mut slots: Vec<(Arc<Claims>, Slot)> = Vec::new();
+        for m in &mut matched {
+            if role_error(change.action, table, &roles[&m.claims.role]).is_some() {
+                continue;
             }
-        }
-        if !groups.is_empty() {
-            let pk: Vec<(&str, &str, Option<&str>)> = table
-                .columns
-                .iter()
-                .filter(|c| c.is_pk)
-                .map(|c| {
-                    (
-                        c.name.as_str(),
-                        c.sql_type.as_str(),
-                        new_row.get(&c.name).flatten(),
-                    )
-                })
-                .collect();
-            let refs: Vec<&Claims> = groups.iter().map(|c| c.as_ref()).collect();
-            // The commit can reach us before other sessions see it; checking RLS before then
-            // would read "not visible" as "not allowed" and lose the change. Once per transaction.
-            if let Some((xid, false)) = cache.txn {
-                rls::wait_until_visible(client, xid).await?;
-                cache.txn = Some((xid, true));
-            }
-            let vis = rls::check(client, table, &pk, &refs).await?;
-            for (c, v) in groups.into_iter().zip(vis) {
-                rls_result.insert(c, v);
-            }
-        }
-    }
-
-    let too_large = max_record_bytes > 0 && raw_size(change, &new, &old) > max_record_bytes;
-    let mut built: HashMap<Outcome, Arc<ChangeData>> = HashMap::new();
-    let mut deliveries = 0;
-    for (entry, claims, ids) in matched {
-        let mut outcome_err = role_outcome(&claims.role);
-        if outcome_err.is_none() && table.rls_enabled && change.action != Action::Delete {
-            match rls_result.get(&claims).copied().flatten() {
-                Some(true) => {}
-                Some(false) => continue,
-                None => outcome_err = Some(Outcome::RlsFailed),
-            }
-        }
-        // one message per distinct `select` among this channel's matching ids
-        let mut by_select: Vec<(Option<Vec<String>>, Vec<u32>)> = Vec::new();
-        for (id, sel) in ids {
-            match by_select.iter_mut().find(|(s, _)| *s == sel) {
-                Some((_, v)) => {
-                    if !v.contains(&id) {
-                        v.push(id)
-                    }
-                }
-                None => by_select.push((sel, vec![id])),
-            }
-        }
-        for (select, ids) in by_select {
-            let outcome = outcome_err.clone().unwrap_or(Outcome::Data {
-                role: claims.role.clone(),
-                select,
-            });
-            let data = match built.get(&outcome) {
-                Some(d) => d.clone(),
+            let slot = match slots.iter().find(|(c, _)| *c == m.claims) {
+                Some((_, s)) => *s,
                 None => {
-                    let d = Arc::new(ChangeData::new(build(
-                        change,
-                        &outcome,
-                        &new,
-                        &old,
-                        roles.get(&claims.role),
-                        too_large,
-                    )));
-                    built.insert(outcome, d.clone());
-                    d
+                    let s = checks.add(&m.claims, table, key.clone());
+                    slots.push((m.claims.clone(), s));
+                    s
                 }
             };
-            entry.send(FeedEvent::Change { ids, data });
-            deliveries += 1;
+            m.rls = Some(slot);
+        }
+        if !slots.is_empty() {
+            checks.in_transaction(xid);
         }
     }
-    Ok(deliveries)
+    let too_large = max_record_bytes > 0 && raw_size(change, &new, &old) > max_record_bytes;
+    Ok(Some(Prepared {
+        action: change.action,
+        table: table.clone(),
+        commit_ts: change.commit_ts,
+        new: new.map(Typed::owned),
+        old: old.map(Typed::owned),
+        too_large,
+        roles,
+        matched,
+    }))
+}
+
+/// The error a role gets for this change before any RLS check, if any.
+fn role_error(action: Action, table: &TableInfo, vis: &HashSet<String>) -> Option<Outcome> {
+    if action == Action::Delete {
+        return None;
+    }
+    if !table.has_pk() {
+        return Some(Outcome::NoPk);
+    }
+    if table
+        .columns
+        .iter()
+        .filter(|c| c.is_pk)
+        .any(|c| !vis.contains(&c.name))
+    {
+        return Some(Outcome::Unauthorized);
+    }
+    None
 }
 
 /// Size of the change as wal2json would have printed it (names, types, values and the JSON
@@ -345,95 +340,143 @@ fn raw_size(change: &Change<'_>, new: &Option<Typed<'_>>, old: &Option<Typed<'_>
     n
 }
 
-fn build(
-    change: &Change<'_>,
-    outcome: &Outcome,
-    new: &Option<Typed<'_>>,
-    old: &Option<Typed<'_>>,
-    vis: Option<&Arc<HashSet<String>>>,
-    too_large: bool,
-) -> Value {
-    let table = change.table;
-    let mut m = Map::new();
-    m.insert("schema".into(), Value::String(table.schema.clone()));
-    m.insert("table".into(), Value::String(table.table.clone()));
-    m.insert("type".into(), Value::String(change.action.as_str().into()));
-    let (role_select, error) = match outcome {
-        Outcome::Data { select, .. } => (Some(select), None),
-        Outcome::NoPk => (None, Some("Error 400: Bad Request, no primary key")),
-        Outcome::Unauthorized => (None, Some("Error 401: Unauthorized")),
-        Outcome::RlsFailed => (
-            None,
-            Some("Error 500: Internal Server Error, RLS policy evaluation failed"),
-        ),
-    };
-    let Some(select) = role_select else {
-        m.insert("commit_timestamp".into(), Value::Null);
-        m.insert("columns".into(), json!([]));
-        if change.action != Action::Delete {
-            m.insert("record".into(), json!({}));
-        }
-        if change.action != Action::Insert {
-            m.insert("old_record".into(), json!({}));
-        }
-        m.insert("errors".into(), json!([error.unwrap_or_default()]));
-        return Value::Object(m);
-    };
-    let visible = |name: &str| match vis {
-        Some(v) => v.contains(name),
-        None => true,
-    };
-    let is_pk = |name: &str| table.column(name).is_some_and(|c| c.is_pk);
-    let selected = |name: &str| {
-        let chosen = match select {
-            Some(s) => s.iter().any(|c| c == name),
-            None => true,
-        };
-        chosen || is_pk(name)
-    };
-    let small = |v: &Value| !too_large || v.to_string().len() <= 64;
-    m.insert(
-        "commit_timestamp".into(),
-        Value::String(format_commit_ts(change.commit_ts)),
-    );
-    let columns: Vec<Value> = table
-        .columns
-        .iter()
-        .filter(|c| visible(&c.name) && selected(&c.name))
-        .map(|c| json!({"name": c.name, "type": c.typname}))
-        .collect();
-    m.insert("columns".into(), Value::Array(columns));
-    let obj = |t: &Typed<'_>, pk_only: bool| -> Value {
-        let mut o = Map::new();
-        for (name, _, v) in &t.cols {
-            if visible(name) && selected(name) && small(v) && (!pk_only || is_pk(name)) {
-                o.insert((*name).to_string(), v.clone());
+impl Prepared {
+    /// Hand the change to every channel that may see it. Returns the number of deliveries.
+    pub(crate) fn deliver(self, answers: &rls::Answers) -> usize {
+        let mut built: HashMap<Outcome, Arc<ChangeData>> = HashMap::new();
+        // one message per (outcome, topic, ids), shared by the channels that get exactly it
+        let mut frames: HashMap<(Outcome, &str, Vec<u32>), ChangeFrame> = HashMap::new();
+        let mut deliveries = 0;
+        for m in &self.matched {
+            let vis = &self.roles[&m.claims.role];
+            let mut outcome_err = role_error(self.action, &self.table, vis);
+            if let Some(slot) = m.rls {
+                match answers.get(slot) {
+                    Some(true) => {}
+                    Some(false) => continue,
+                    None => outcome_err = Some(Outcome::RlsFailed),
+                }
+            }
+            // one message per distinct `select` among this channel's matching ids
+            let mut by_select: Vec<(Option<Vec<String>>, Vec<u32>)> = Vec::new();
+            for (id, sel) in &m.ids {
+                match by_select.iter_mut().find(|(s, _)| s == sel) {
+                    Some((_, v)) => {
+                        if !v.contains(id) {
+                            v.push(*id)
+                        }
+                    }
+                    None => by_select.push((sel.clone(), vec![*id])),
+                }
+            }
+            for (select, ids) in by_select {
+                let outcome = outcome_err.clone().unwrap_or(Outcome::Data {
+                    role: m.claims.role.clone(),
+                    select,
+                });
+                let data = match built.get(&outcome) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = Arc::new(ChangeData::new(self.build(&outcome, Some(vis))));
+                        built.insert(outcome.clone(), d.clone());
+                        d
+                    }
+                };
+                let frame = frames
+                    .entry((outcome, m.entry.topic.as_str(), ids))
+                    .or_insert_with_key(|(_, topic, ids)| ChangeFrame::new(topic, ids, &data))
+                    .clone();
+                m.entry.send(FeedEvent::Change(frame));
+                deliveries += 1;
             }
         }
-        Value::Object(o)
-    };
-    if change.action != Action::Delete {
-        m.insert(
-            "record".into(),
-            new.as_ref().map_or_else(|| json!({}), |t| obj(t, false)),
-        );
+        deliveries
     }
-    if change.action != Action::Insert {
-        let pk_only = change.action == Action::Delete && table.rls_enabled;
+
+    fn build(&self, outcome: &Outcome, vis: Option<&Arc<HashSet<String>>>) -> Value {
+        let (table, new, old, too_large) = (&self.table, &self.new, &self.old, self.too_large);
+        let change = self;
+        let mut m = Map::new();
+        m.insert("schema".into(), Value::String(table.schema.clone()));
+        m.insert("table".into(), Value::String(table.table.clone()));
+        m.insert("type".into(), Value::String(change.action.as_str().into()));
+        let (role_select, error) = match outcome {
+            Outcome::Data { select, .. } => (Some(select), None),
+            Outcome::NoPk => (None, Some("Error 400: Bad Request, no primary key")),
+            Outcome::Unauthorized => (None, Some("Error 401: Unauthorized")),
+            Outcome::RlsFailed => (
+                None,
+                Some("Error 500: Internal Server Error, RLS policy evaluation failed"),
+            ),
+        };
+        let Some(select) = role_select else {
+            m.insert("commit_timestamp".into(), Value::Null);
+            m.insert("columns".into(), json!([]));
+            if change.action != Action::Delete {
+                m.insert("record".into(), json!({}));
+            }
+            if change.action != Action::Insert {
+                m.insert("old_record".into(), json!({}));
+            }
+            m.insert("errors".into(), json!([error.unwrap_or_default()]));
+            return Value::Object(m);
+        };
+        let visible = |name: &str| match vis {
+            Some(v) => v.contains(name),
+            None => true,
+        };
+        let is_pk = |name: &str| table.column(name).is_some_and(|c| c.is_pk);
+        let selected = |name: &str| {
+            let chosen = match select {
+                Some(s) => s.iter().any(|c| c == name),
+                None => true,
+            };
+            chosen || is_pk(name)
+        };
+        let small = |v: &Value| !too_large || v.to_string().len() <= 64;
         m.insert(
-            "old_record".into(),
-            old.as_ref().map_or_else(|| json!({}), |t| obj(t, pk_only)),
+            "commit_timestamp".into(),
+            Value::String(format_commit_ts(change.commit_ts)),
         );
+        let columns: Vec<Value> = table
+            .columns
+            .iter()
+            .filter(|c| visible(&c.name) && selected(&c.name))
+            .map(|c| json!({"name": c.name, "type": c.typname}))
+            .collect();
+        m.insert("columns".into(), Value::Array(columns));
+        let obj = |t: &Owned, pk_only: bool| -> Value {
+            let mut o = Map::new();
+            for (name, v) in &t.cols {
+                if visible(name) && selected(name) && small(v) && (!pk_only || is_pk(name)) {
+                    o.insert(name.clone(), v.clone());
+                }
+            }
+            Value::Object(o)
+        };
+        if change.action != Action::Delete {
+            m.insert(
+                "record".into(),
+                new.as_ref().map_or_else(|| json!({}), |t| obj(t, false)),
+            );
+        }
+        if change.action != Action::Insert {
+            let pk_only = change.action == Action::Delete && table.rls_enabled;
+            m.insert(
+                "old_record".into(),
+                old.as_ref().map_or_else(|| json!({}), |t| obj(t, pk_only)),
+            );
+        }
+        m.insert(
+            "errors".into(),
+            if too_large {
+                json!(["Error 413: Payload Too Large"])
+            } else {
+                Value::Null
+            },
+        );
+        Value::Object(m)
     }
-    m.insert(
-        "errors".into(),
-        if too_large {
-            json!(["Error 413: Payload Too Large"])
-        } else {
-            Value::Null
-        },
-    );
-    Value::Object(m)
 }
 
 #[cfg(test)]

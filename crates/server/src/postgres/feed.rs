@@ -1,16 +1,24 @@
 //! The feed's life: connect, set up, (re)activate subscriptions, stream, dispatch, confirm,
-//! and on any failure tell the channels, back off and start over from the slot's confirmed
-//! position.
+//! and on any failure tell the channels, back off and start over from what was delivered.
 //!
-//! Connections: one replication connection (streaming), one query connection for subscribe
-//! work (catalog, filter casts), one for the feed task itself (RLS checks, relation reloads:
-//! it runs transactions, so nothing else may interleave on it).
+//! Connections: one replication connection (streaming, through `replication::stream`), one
+//! query connection for subscribe work (catalog, filter casts), one for the feed task itself
+//! (relation reloads, visible columns), and [`CHECKERS`] connections that answer RLS checks.
 //!
-//! Position: the slot is permanent. Its confirmed position is advanced (standby status update)
-//! only to the end of a transaction whose changes have all been handed to the sinks, or to a
-//! keepalive position while no transaction is open. After a server restart the stream starts
-//! `resume_grace_ms` after the process start, so channels that rejoin in that window receive
-//! what was committed while the server was down.
+//! A change from the slot to the sinks: the stream yields a decoded message; `dispatch::prepare`
+//! matches it against the subscriptions and queues its RLS checks in the batch being built; a
+//! free checker takes the whole batch (one change when idle, everything that arrived
+//! meanwhile when busy: large batches exactly when they pay); batches complete in stream
+//! order (`FuturesOrdered`), and each one's changes are handed to the sinks by
+//! `Prepared::deliver`, in order.
+//!
+//! Position: the slot is permanent. Its confirmed position is advanced only to the end of a
+//! transaction whose batch has been delivered, or to a keepalive position while nothing is
+//! open or queued. After a reconnect the stream starts from the last delivered position, and
+//! transactions that end before it are skipped, so nothing is delivered twice even when the
+//! slot's position on disk went backwards (a database restart). After a server restart the
+//! stream starts `resume_grace_ms` after the process start, so channels that rejoin in that
+//! window receive what was committed while the server was down.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -18,20 +26,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{self, TableInfo};
-use super::dispatch::{self, Change, DispatchCache};
-use super::pgoutput::{self, Message, Relation};
+use super::dispatch::{self, Change, DispatchCache, Prepared};
 use super::registry::{Registry, SubEntry, SubState};
-use super::replication::{format_lsn, ConnParams, ReplError, ReplMessage, ReplicationConnection};
+use super::rls;
 use super::setup;
 use super::subscribe::{self, Action, CompileCtx};
 use super::types::Kind;
-use super::{FeedEvent, PostgresConfig};
+use super::{FeedError, FeedEvent, PostgresConfig};
+use crate::metrics::{Metrics, Stream};
+use crate::replication::pgoutput::{self, Message, Relation};
+use crate::replication::stream::{Frame, LogicalStream};
+use crate::replication::{format_lsn, ConnParams, ReplError, ReplicationConnection};
 
 /// What channels are told when the database cannot be reached (upstream's text for a tenant
 /// database it cannot connect to).
@@ -69,20 +82,25 @@ pub(crate) struct Shared {
     pub(crate) cfg: PostgresConfig,
     pub(crate) registry: RwLock<Registry>,
     pub(crate) next_id: AtomicU64,
+    /// End of the last transaction handed to every sink (0: none yet in this process).
+    delivered_lsn: AtomicU64,
     pub(crate) phase: Mutex<Phase>,
     compile: tokio::sync::Mutex<CompileCaches>,
+    pub(crate) metrics: Arc<Metrics>,
     status: Mutex<StatusInfo>,
     started: Instant,
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: PostgresConfig) -> Arc<Shared> {
+    pub(crate) fn new(cfg: PostgresConfig, metrics: Arc<Metrics>) -> Arc<Shared> {
         Arc::new(Shared {
             cfg,
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
+            delivered_lsn: AtomicU64::new(0),
             phase: Mutex::new(Phase::Starting),
             compile: tokio::sync::Mutex::new(CompileCaches::default()),
+            metrics,
             status: Mutex::new(StatusInfo::default()),
             started: Instant::now(),
         })
@@ -184,27 +202,25 @@ async fn activate_inner(shared: Arc<Shared>, entry: Arc<SubEntry>, client: Arc<C
     }
 }
 
-fn pg_config(url: &str, app: &str) -> Result<tokio_postgres::Config, String> {
-    let mut cfg =
-        tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid database URL: {e}"))?;
+/// Session settings that shape the text values are typed from (see types.rs).
+const CONN_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=1 -c bytea_output=hex -c standard_conforming_strings=on";
+
+fn pg_config(url: &str, app: &str) -> Result<tokio_postgres::Config, FeedError> {
+    let mut cfg = tokio_postgres::Config::from_str(url).map_err(FeedError::Url)?;
     cfg.application_name(app);
-    cfg.options("-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=1 -c bytea_output=hex -c standard_conforming_strings=on");
+    cfg.options(CONN_OPTIONS);
     cfg.connect_timeout(Duration::from_secs(10));
     Ok(cfg)
 }
 
-async fn connect(cfg: &tokio_postgres::Config) -> Result<Arc<Client>, String> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+async fn connect(cfg: &tokio_postgres::Config) -> Result<Arc<Client>, FeedError> {
+    let (client, conn) = cfg.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "postgres connection ended");
         }
     });
     Ok(Arc::new(client))
-}
-
-fn errs<E: std::fmt::Display>(e: E) -> String {
-    e.to_string()
 }
 
 /// The background task.
@@ -223,7 +239,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let err = match result {
             Ok(()) => "replication stream ended".to_string(),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         if reached_stream {
             attempt = 0;
@@ -262,22 +278,27 @@ async fn session(
     shutdown: &CancellationToken,
     first: &mut bool,
     reached_stream: &mut bool,
-) -> Result<(), String> {
+) -> Result<(), FeedError> {
     let cfg = &shared.cfg;
     let sub_cfg = pg_config(&cfg.database_url, "supa_realtime_subscribe")?;
     let feed_cfg = pg_config(&cfg.database_url, "supa_realtime_rls")?;
-    let params = ConnParams::from_config(&sub_cfg).map_err(errs)?;
+    let params = ConnParams::from_config(&sub_cfg)?;
     let sub_client = connect(&sub_cfg).await?;
     let client = connect(&feed_cfg).await?;
-    setup::prepare(&client, &cfg.publication)
-        .await
-        .map_err(errs)?;
-    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
-        .await
-        .map_err(errs)?;
-    let created = setup::ensure_slot(&client, &mut repl, &cfg.slot_name)
-        .await
-        .map_err(errs)?;
+    // RLS checks are pipelined over their own connections, so a batch in flight never waits
+    // behind the feed's catalog queries or another batch.
+    let mut check_cfg = pg_config(&cfg.database_url, "supa_realtime_rls_check")?;
+    // one generic plan per table, reused for every claims set (see rls.rs)
+    check_cfg.options(format!(
+        "{CONN_OPTIONS} -c plan_cache_mode=force_generic_plan"
+    ));
+    let mut free = Vec::with_capacity(CHECKERS);
+    for _ in 0..CHECKERS {
+        free.push(rls::Checker::new(connect(&check_cfg).await?));
+    }
+    setup::prepare(&client, &cfg.publication).await?;
+    let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
+    let created = setup::ensure_slot(&client, &mut repl, &cfg.slot_name).await?;
     tracing::info!(slot = %cfg.slot_name, publication = %cfg.publication, "postgres_changes: connected to the database");
 
     *shared.phase.lock() = Phase::Up(sub_client.clone());
@@ -302,28 +323,27 @@ async fn session(
     }
     *first = false;
 
+    // START_REPLICATION from what was delivered, not from the slot's position: the slot's
+    // confirmed position is only written to disk at checkpoints, so after a database restart
+    // it can be behind what the database was told (PostgreSQL then re-sends seconds of
+    // transactions). Asking for a later position makes it skip the transactions that
+    // committed before it; those it re-sends anyway are skipped below (Begin).
+    let resume_from = shared.delivered_lsn.load(Ordering::Acquire);
     // START_REPLICATION; a slot still held by a dead predecessor's walsender is released
     let mut tries = 0;
-    loop {
-        match repl
-            .start_logical(&cfg.slot_name, 0, &cfg.publication)
-            .await
-        {
-            Ok(()) => break,
-            Err(ReplError::Server { code, message }) if code == "55006" && tries < 3 => {
+    let mut stream = loop {
+        match LogicalStream::start(repl, &cfg.slot_name, resume_from, &cfg.publication).await {
+            Ok(stream) => break stream,
+            Err((_, ReplError::Server { code, message })) if code == "55006" && tries < 3 => {
                 tries += 1;
                 tracing::warn!(%message, "replication slot in use; terminating the holder");
-                setup::release_slot(&client, &cfg.slot_name)
-                    .await
-                    .map_err(errs)?;
+                setup::release_slot(&client, &cfg.slot_name).await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                repl = ReplicationConnection::connect(&params, Duration::from_secs(10))
-                    .await
-                    .map_err(errs)?;
+                repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
             }
-            Err(e) => return Err(e.to_string()),
+            Err((_, e)) => return Err(e.into()),
         }
-    }
+    };
     *reached_stream = true;
     shared.status.lock().streaming = true;
     tracing::info!(slot = %cfg.slot_name, "postgres_changes: streaming");
@@ -331,83 +351,120 @@ async fn session(
     let mut relations: HashMap<u32, (Relation, Option<Arc<TableInfo>>)> = HashMap::new();
     let mut cache = DispatchCache::default();
     let mut kinds: HashMap<u32, Kind> = HashMap::new();
-    let mut confirmed: u64 = 0;
-    let mut sent: u64 = 0;
     let mut in_txn = false;
+    let mut skipping = false;
     let mut commit_ts: i64 = 0;
+    let mut xid: u32 = 0;
+    let mut building = Batch::default();
+    let mut inflight: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last_status = Instant::now();
     let mut last_cache_clear = Instant::now();
     loop {
+        // A free checker takes what has accumulated: one change when idle (no added latency),
+        // everything that arrived meanwhile when busy (bigger batches under load).
+        if !building.is_empty() {
+            if let Some(checker) = free.pop() {
+                let batch = std::mem::take(&mut building);
+                inflight.push_back(Box::pin(check(checker, batch)));
+            }
+        }
+        let can_read = building.items.len() < MAX_BATCH;
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => {
-                if confirmed > sent {
-                    let _ = repl.send_status(confirmed, false).await;
-                }
+                let _ = stream.tick().await;
                 return Ok(());
             }
-            _ = tick.tick() => {
-                if confirmed > sent || last_status.elapsed() > Duration::from_secs(10) {
-                    repl.send_status(confirmed.max(sent), false).await.map_err(errs)?;
-                    sent = confirmed.max(sent);
-                    last_status = Instant::now();
-                    shared.status.lock().confirmed_lsn = sent;
+            Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
+                free.push(checker);
+                let answers = answers?;
+                if !batch.checks.is_empty() {
+                    shared.metrics.rls_check(took, batch.checks.checks());
                 }
+                let mut n = 0;
+                let changes = batch.items.len() as u64;
+                for item in batch.items {
+                    n += item.deliver(&answers);
+                }
+                {
+                    let mut st = shared.status.lock();
+                    st.changes += changes;
+                    st.deliveries += n as u64;
+                }
+                if let Some(end_lsn) = batch.commit_end {
+                    shared.delivered_lsn.fetch_max(end_lsn, Ordering::AcqRel);
+                    // every change up to this commit is in the sinks: confirm now, so a crash
+                    // right after does not replay it
+                    stream.confirm(end_lsn).await?;
+                    shared.status.lock().confirmed_lsn = stream.confirmed();
+                    shared.metrics.replication_confirmed(Stream::PostgresChanges, stream.confirmed(), batch.commit_ts);
+                }
+            }
+            _ = tick.tick() => {
+                stream.tick().await?;
+                shared.status.lock().confirmed_lsn = stream.confirmed();
                 if last_cache_clear.elapsed() > Duration::from_secs(10) {
                     // column grants can change without a relation message
                     cache.visible.clear();
                     last_cache_clear = Instant::now();
                 }
             }
-            msg = repl.next() => {
-                match msg.map_err(errs)? {
-                    ReplMessage::Keepalive { wal_end, reply } => {
-                        if !in_txn && wal_end > confirmed {
-                            confirmed = wal_end;
-                        }
-                        if reply {
-                            repl.send_status(confirmed.max(sent), false).await.map_err(errs)?;
-                            sent = confirmed.max(sent);
-                            last_status = Instant::now();
+            frame = stream.next(), if can_read => {
+                match frame? {
+                    Frame::Keepalive { wal_end, reply } => {
+                        // nothing open or queued: everything before the WAL end is handled
+                        let idle = !in_txn && building.is_empty() && inflight.is_empty();
+                        stream.idle(wal_end, reply, idle).await?;
+                        if idle {
+                            shared.delivered_lsn.fetch_max(stream.handled(), Ordering::AcqRel);
                         }
                     }
-                    ReplMessage::XLogData { data } => {
-                        match pgoutput::decode(data).map_err(errs)? {
-                            Message::Begin { commit_ts: ts, xid, .. } => {
+                    Frame::Undecodable(e) => return Err(e.into()),
+                    Frame::Message(message) => {
+                        match message {
+                            Message::Begin { commit_ts: ts, xid: x, final_lsn } => {
                                 in_txn = true;
                                 commit_ts = ts;
-                                cache.begin_transaction(xid);
+                                xid = x;
+                                // Already delivered before a reconnect (the slot's position on
+                                // disk can lag behind what was confirmed, e.g. across a database
+                                // restart): not again.
+                                skipping = final_lsn < resume_from;
+                                if skipping {
+                                    tracing::debug!(lsn = %format_lsn(final_lsn), "skipping a transaction delivered before the reconnect");
+                                }
                             }
                             Message::Commit { end_lsn, .. } => {
                                 in_txn = false;
-                                if end_lsn > confirmed {
-                                    confirmed = end_lsn;
+                                if skipping {
+                                    skipping = false;
+                                    continue;
                                 }
-                                // every change of the transaction is in the sinks: confirm now,
-                                // so a crash right after does not replay it
-                                repl.send_status(confirmed, false).await.map_err(errs)?;
-                                sent = confirmed;
-                                last_status = Instant::now();
-                                shared.status.lock().confirmed_lsn = sent;
+                                building.commit_end = Some(end_lsn);
+                                building.commit_ts = commit_ts;
                             }
                             Message::Relation(rel) => {
-                                let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await.map_err(errs)?;
+                                let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await?;
                                 if let Some(t) = &info {
                                     cache.visible.retain(|(_, oid), _| *oid != t.oid);
                                 }
                                 shared.compile.lock().await.tables.remove(&(rel.schema.clone(), rel.table.clone()));
                                 relations.insert(rel.id, (rel, info));
                             }
+                            _ if skipping => {}
                             Message::Insert { rel, new } => {
-                                deliver(shared, &client, &mut cache, &relations, rel, Action::Insert, commit_ts, Some(&new), None, true).await?;
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                ctx.prepare(&mut cache, &mut building, rel, Action::Insert, Some(&new), None, true).await?;
                             }
                             Message::Update { rel, old, new } => {
                                 let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                deliver(shared, &client, &mut cache, &relations, rel, Action::Update, commit_ts, Some(&new), old.as_deref(), key_only).await?;
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                ctx.prepare(&mut cache, &mut building, rel, Action::Update, Some(&new), old.as_deref(), key_only).await?;
                             }
                             Message::Delete { rel, old } => {
                                 let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                deliver(shared, &client, &mut cache, &relations, rel, Action::Delete, commit_ts, None, Some(&old), key_only).await?;
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                ctx.prepare(&mut cache, &mut building, rel, Action::Delete, None, Some(&old), key_only).await?;
                             }
                             Message::Other => {}
                         }
@@ -418,50 +475,94 @@ async fn session(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    shared: &Arc<Shared>,
-    client: &Client,
-    cache: &mut DispatchCache,
-    relations: &HashMap<u32, (Relation, Option<Arc<TableInfo>>)>,
-    rel: u32,
-    action: Action,
+/// Connections the RLS checks are pipelined over.
+const CHECKERS: usize = 3;
+/// At most this many changes wait in the batch being built; then the stream is not read
+/// (the database keeps the WAL) until a checker is free.
+const MAX_BATCH: usize = 4000;
+
+/// A run of consecutive changes whose RLS checks go to the database together.
+#[derive(Default)]
+struct Batch {
+    items: Vec<Prepared>,
+    checks: rls::Batch,
+    /// End of the last transaction that committed within this batch: confirmed once the
+    /// batch is delivered.
+    commit_end: Option<u64>,
     commit_ts: i64,
-    new: Option<&[pgoutput::Datum]>,
-    old: Option<&[pgoutput::Datum]>,
-    old_is_key_only: bool,
-) -> Result<(), String> {
-    let Some((relation, Some(table))) = relations.get(&rel) else {
-        return Ok(());
-    };
-    let change = Change {
-        action,
-        rel: relation,
-        table,
-        commit_ts,
-        new,
-        old,
-        old_is_key_only,
-    };
-    let n = dispatch::dispatch(
-        &change,
-        &shared.registry,
-        client,
-        cache,
-        shared.cfg.max_record_bytes,
-    )
-    .await
-    .map_err(errs)?;
-    let mut st = shared.status.lock();
-    st.changes += 1;
-    st.deliveries += n as u64;
-    Ok(())
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.commit_end.is_none()
+    }
+}
+
+type Checked = (
+    rls::Checker,
+    Batch,
+    Result<rls::Answers, tokio_postgres::Error>,
+    Duration,
+);
+
+async fn check(mut checker: rls::Checker, batch: Batch) -> Checked {
+    let started = Instant::now();
+    let answers = checker.run(&batch.checks).await;
+    (checker, batch, answers, started.elapsed())
+}
+
+/// What preparing a change needs from the session.
+struct Ctx<'a> {
+    shared: &'a Arc<Shared>,
+    client: &'a Client,
+    relations: &'a HashMap<u32, (Relation, Option<Arc<TableInfo>>)>,
+    commit_ts: i64,
+    xid: u32,
+}
+
+impl Ctx<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare(
+        &self,
+        cache: &mut DispatchCache,
+        batch: &mut Batch,
+        rel: u32,
+        action: Action,
+        new: Option<&[pgoutput::Datum]>,
+        old: Option<&[pgoutput::Datum]>,
+        old_is_key_only: bool,
+    ) -> Result<(), FeedError> {
+        let Some((relation, Some(table))) = self.relations.get(&rel) else {
+            return Ok(());
+        };
+        let change = Change {
+            action,
+            rel: relation,
+            table,
+            commit_ts: self.commit_ts,
+            new,
+            old,
+            old_is_key_only,
+        };
+        let prepared = dispatch::prepare(
+            &change,
+            &self.shared.registry,
+            self.client,
+            cache,
+            self.shared.cfg.max_record_bytes,
+            &mut batch.checks,
+            self.xid,
+        )
+        .await?;
+        if let Some(p) = prepared {
+            batch.items.push(p);
+        }
+        Ok(())
+    }
 }
 
 /// Drop the slot and the publication (the `cleanup` request).
-pub(crate) async fn cleanup(cfg: &PostgresConfig) -> Result<(), String> {
+pub(crate) async fn cleanup(cfg: &PostgresConfig) -> Result<(), FeedError> {
     let client = connect(&pg_config(&cfg.database_url, "supa_realtime_cleanup")?).await?;
-    setup::cleanup(&client, &cfg.slot_name, &cfg.publication)
-        .await
-        .map_err(errs)
+    Ok(setup::cleanup(&client, &cfg.slot_name, &cfg.publication).await?)
 }

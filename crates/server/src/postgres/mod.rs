@@ -23,17 +23,21 @@ use tokio_util::sync::CancellationToken;
 
 mod catalog;
 mod dispatch;
+mod error;
 mod eval;
 mod feed;
 mod filter;
-pub(crate) mod pgoutput;
 mod registry;
-pub(crate) mod replication;
 mod rls;
 mod setup;
 mod subscribe;
-mod types;
 
+/// The text-to-JSON typing, shared with the client (one implementation).
+use supa_realtime_protocol::pg_types as types;
+
+use crate::fanout::{Body, Encoded};
+use crate::metrics::Metrics;
+pub use error::FeedError;
 use registry::{Claims, SubEntry, SubState};
 
 /// Settings of the change feed.
@@ -86,13 +90,47 @@ pub enum FeedEvent {
     Subscribed,
     /// The subscription failed or the database went away; the text is the system message.
     Error(String),
-    /// A change visible to the bindings `ids` of this channel.
-    Change {
-        /// Matching binding ids of this channel.
-        ids: Vec<u32>,
-        /// The `data` object (schema, table, type, commit_timestamp, columns, record, old_record, errors).
-        data: Arc<ChangeData>,
-    },
+    /// A change visible to some bindings of this channel.
+    Change(ChangeFrame),
+}
+
+/// One `postgres_changes` message (`{"data": .., "ids": ..}` for a topic), shared by every
+/// channel of that topic that gets the same change with the same ids: it goes through the
+/// fan-out's encode-once cell, so it is serialized once per serializer, not once per channel.
+#[derive(Debug, Clone)]
+pub struct ChangeFrame(Arc<Encoded>);
+
+impl ChangeFrame {
+    /// The message for `topic` (the sub-topic), ids and data.
+    pub(crate) fn new(topic: &str, ids: &[u32], data: &ChangeData) -> ChangeFrame {
+        // Keys in upstream's (sorted) order: data, ids.
+        let payload = format!(
+            "{{\"data\":{},\"ids\":{}}}",
+            data.json(),
+            Value::from(ids.to_vec())
+        );
+        ChangeFrame(Arc::new(Encoded::new(Body::Raw {
+            topic: format!("{}{topic}", supa_realtime_protocol::TOPIC_PREFIX),
+            event: supa_realtime_protocol::event::POSTGRES_CHANGES,
+            payload,
+        })))
+    }
+
+    /// The frame for a socket using `serializer`.
+    pub(crate) fn frame(
+        &self,
+        serializer: supa_realtime_protocol::Serializer,
+    ) -> Option<axum::extract::ws::Message> {
+        self.0.frame(serializer)
+    }
+
+    /// The payload as JSON.
+    pub(crate) fn payload(&self) -> Value {
+        match self.0.body() {
+            Body::Raw { payload, .. } => serde_json::from_str(payload).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
 }
 
 /// A change's `data` object, shared by every channel it goes to, with its JSON text made on
@@ -156,7 +194,16 @@ pub const NO_DATABASE_MESSAGE: &str = feed::DB_UNAVAILABLE;
 impl ChangeFeed {
     /// Start streaming from the database in the background.
     pub fn start(config: PostgresConfig, shutdown: CancellationToken) -> Arc<ChangeFeed> {
-        let shared = feed::Shared::new(config);
+        Self::start_measured(config, shutdown, Arc::new(Metrics::new()))
+    }
+
+    /// [`ChangeFeed::start`], counting into the server's metrics.
+    pub(crate) fn start_measured(
+        config: PostgresConfig,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Arc<ChangeFeed> {
+        let shared = feed::Shared::new(config, metrics);
         tokio::spawn(feed::run(shared.clone(), shutdown));
         Arc::new(ChangeFeed {
             shared: Some(shared),
@@ -180,6 +227,7 @@ impl ChangeFeed {
             };
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.postgres_subscribed(1);
         let entry = Arc::new(SubEntry {
             id,
             topic: request.topic,
@@ -215,7 +263,7 @@ impl ChangeFeed {
     }
 
     /// Drop the replication slot and the publication (run while no feed uses them).
-    pub async fn cleanup(config: &PostgresConfig) -> Result<(), String> {
+    pub async fn cleanup(config: &PostgresConfig) -> Result<(), FeedError> {
         feed::cleanup(config).await
     }
 }
@@ -259,6 +307,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
+            shared.metrics.postgres_subscribed(-1);
             shared.registry.write().remove(self.id);
         }
     }

@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::replication::{quote_ident, ReplError, ReplicationConnection};
+use crate::replication::{quote_ident, ReplError, ReplicationConnection};
 
 /// Roles, auth helpers and the publication.
 pub(crate) async fn prepare(
@@ -12,7 +12,7 @@ pub(crate) async fn prepare(
 ) -> Result<(), tokio_postgres::Error> {
     // Roles and auth.* helpers come from the server's versioned migrations (idempotent,
     // advisory-locked), shared with private channels.
-    crate::database::migrate::run(client).await?;
+    crate::migrate::run(client).await?;
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 #![allow(clippy::unwrap_used)]
 
+pub mod pg_server;
 pub mod postgres;
 pub mod redis;
 

@@ -1,4 +1,6 @@
-//! The one writer task of a socket, and the bounded queue everyone else writes into.
+//! The two queues of a socket that other tasks write into: the bounded queue of frames its one
+//! writer task sends ([`Outbox`]), and the control messages its read loop handles
+//! ([`Control`]). They sit below the registry and the connection, which both use them.
 //!
 //! Fan-out never waits on a socket: it `try_send`s into the queue. A full queue means the
 //! client is not reading fast enough, and the [`SlowConsumerPolicy`] decides: close the
@@ -15,6 +17,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
+use crate::fanout::SubId;
+use crate::metrics::Metrics;
+
+/// Messages from other tasks to a connection's read loop.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Close channel `sub` with a `system` error `message`, then `phx_close`.
+    CloseChannel { sub: SubId, message: String },
+    /// Re-check channel `sub`'s token (armed at `min(5 min, exp)`).
+    TokenCheck { sub: SubId, generation: u64 },
+}
 
 /// A frame for the writer.
 #[derive(Debug)]
@@ -46,6 +59,7 @@ pub(crate) struct Outbox {
     policy: SlowConsumerPolicy,
     conn_id: u64,
     dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbox {
@@ -58,6 +72,7 @@ impl Outbox {
                 match self.policy {
                     SlowConsumerPolicy::Disconnect => {
                         if !self.closer.is_cancelled() {
+                            self.metrics.slow_consumer_disconnect();
                             tracing::warn!(
                                 conn = self.conn_id,
                                 "slow consumer: outgoing queue full, closing the socket"
@@ -66,6 +81,7 @@ impl Outbox {
                         }
                     }
                     SlowConsumerPolicy::Drop => {
+                        self.metrics.slow_consumer_drop();
                         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                         if n.is_power_of_two() {
                             tracing::warn!(
@@ -97,6 +113,7 @@ pub(crate) fn spawn_writer(
     conn_id: u64,
     closer: CancellationToken,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let outbox = Outbox {
@@ -105,6 +122,7 @@ pub(crate) fn spawn_writer(
         policy,
         conn_id,
         dropped: Arc::new(AtomicU64::new(0)),
+        metrics,
     };
     let handle = tokio::spawn(writer(sink, rx, closer, shutdown));
     (outbox, handle)

@@ -1,7 +1,10 @@
-//! Typing column values into JSON the way the Elixir server's `to_jsonb(value::type)` does.
+//! Typing PostgreSQL text values into JSON the way the Elixir server's `to_jsonb(value::type)`
+//! does: the one implementation, used by the server (values from pgoutput, typed by OID) and
+//! by the client (string cells of older servers' records, typed by the `columns[].type` name,
+//! as realtime-js's `convertChangeData`).
 //!
 //! pgoutput sends every value as its text form (rendered by the walsender with the settings
-//! fixed in replication.rs: DateStyle ISO, TimeZone UTC, bytea hex). Each column type is
+//! the server fixes on its connections: DateStyle ISO, TimeZone UTC, bytea hex). Each column type is
 //! resolved once (domains to their base type, arrays to their element) into a [`Kind`], and
 //! the text is converted per kind:
 //! bool → true/false; int2/4/8, oid, float4/8, numeric → JSON numbers (NaN/±Infinity stay
@@ -13,20 +16,29 @@ use serde_json::{Number, Value};
 
 /// How a type's text form becomes JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// `bool`: `t`/`f` → true/false.
     Bool,
+    /// Integers and `oid` → numbers.
     Int,
+    /// `float4`/`float8` → numbers (NaN and infinities stay strings).
     Float,
+    /// `numeric` → numbers (NaN stays a string).
     Numeric,
+    /// `json`/`jsonb` → parsed.
     Json,
+    /// `timestamp` → `YYYY-MM-DDTHH:MM:SS[.f]`.
     Timestamp,
+    /// `timestamptz` → the same with `+HH:MM`.
     TimestampTz,
+    /// Anything else → the text as a string.
     Text,
+    /// An array of the element kind, with its delimiter (`,`; `;` for `box`).
     Array(Box<Kind>, u8),
 }
 
 /// The kind of a built-in type, by OID; `None` = ask the catalog (user types).
-pub(crate) fn builtin_kind(oid: u32) -> Option<Kind> {
+pub fn builtin_kind(oid: u32) -> Option<Kind> {
     let arr = |k: Kind| Some(Kind::Array(Box::new(k), b','));
     match oid {
         16 => Some(Kind::Bool),
@@ -56,8 +68,43 @@ pub(crate) fn builtin_kind(oid: u32) -> Option<Kind> {
     }
 }
 
+/// The kind of a type by its `pg_type.typname` as clients see it in `columns[].type`
+/// (`int4`, `_text` for arrays, ...). `timestamptz` stays text here, as realtime-js's
+/// `convertChangeData` leaves it.
+pub fn kind_of_typname(typname: &str) -> Kind {
+    if let Some(elem) = typname.strip_prefix('_') {
+        let delim = if elem == "box" { b';' } else { b',' };
+        return Kind::Array(Box::new(kind_of_typname(elem)), delim);
+    }
+    match typname {
+        "bool" => Kind::Bool,
+        "int2" | "int4" | "int8" | "oid" => Kind::Int,
+        "float4" | "float8" => Kind::Float,
+        "numeric" => Kind::Numeric,
+        "json" | "jsonb" => Kind::Json,
+        "timestamp" => Kind::Timestamp,
+        _ => Kind::Text,
+    }
+}
+
+/// Convert one text value of the type named `typname` (see [`kind_of_typname`]). An array
+/// cell that is JSON text already (`[1,2]`) is parsed as such.
+pub fn typname_to_json(typname: &str, text: &str) -> Value {
+    let kind = kind_of_typname(typname);
+    if matches!(kind, Kind::Array(..)) && text.trim_start().starts_with('[') {
+        if let Ok(v @ Value::Array(_)) = serde_json::from_str::<Value>(text.trim()) {
+            return v;
+        }
+    }
+    let text = match kind {
+        Kind::Int | Kind::Float | Kind::Numeric => text.trim(),
+        _ => text,
+    };
+    to_json(&kind, text)
+}
+
 /// Convert one text value.
-pub(crate) fn to_json(kind: &Kind, text: &str) -> Value {
+pub fn to_json(kind: &Kind, text: &str) -> Value {
     match kind {
         Kind::Bool => match text {
             "t" | "true" => Value::Bool(true),
@@ -118,14 +165,17 @@ fn timestamp(text: &str, tz: bool) -> String {
 
 /// A parsed array literal.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Node {
+pub enum Node {
+    /// `NULL` (unquoted).
     Null,
+    /// One element's text.
     Item(String),
+    /// A (sub-)array.
     List(Vec<Node>),
 }
 
 /// Parse `{1,2,NULL}`, `{"a b","c\"d"}`, `{{1,2},{3,4}}`, `[0:1]={..}`.
-pub(crate) fn parse_array(text: &str, delim: u8) -> Option<Node> {
+pub fn parse_array(text: &str, delim: u8) -> Option<Node> {
     let bytes = text.as_bytes();
     let mut i = 0;
     if bytes.first() == Some(&b'[') {
