@@ -67,6 +67,14 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::new());
+        // Cluster mode: the slot is read by the node holding its lease (cluster/slot.rs).
+        let slot = match config.cluster.redis_url.is_some() {
+            true => Some(
+                cluster::SlotReader::new(&config.cluster, &config.slot_name, shutdown.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            false => None,
+        };
         let feed = match &config.database_url {
             Some(url) => ChangeFeed::start_measured(
                 PostgresConfig {
@@ -78,6 +86,8 @@ impl Server {
                 },
                 shutdown.clone(),
                 metrics.clone(),
+                slot.clone()
+                    .map(|s| Arc::new(s) as Arc<dyn postgres::SlotGate>),
             ),
             None => ChangeFeed::disabled(),
         };
@@ -89,16 +99,20 @@ impl Server {
             None => None,
         };
         let mut state = AppState::new(config, shutdown.clone(), feed, database.clone(), metrics);
-        if state.config.cluster.redis_url.is_some() {
+        if let Some(slot) = slot {
             let (cluster, registry) = cluster::Cluster::start(
                 &state.config.cluster,
                 state.events.clone(),
                 state.presence_events.clone(),
                 state.users.clone(),
                 state.metrics.clone(),
+                slot,
                 shutdown.clone(),
             )
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            if state.config.database_url.is_some() {
+                cluster.start_changes(state.feed.clone(), shutdown.clone());
+            }
             state.registry = registry;
             state.cluster = Some(cluster);
         }

@@ -33,6 +33,11 @@ pub struct ClusterConfig {
     /// this, the topics concerned are reported lost (`phx_error` on every node) instead.
     #[arg(long, env = "CLUSTER_OUTAGE_BUFFER", default_value_t = 10_000)]
     pub cluster_outage_buffer: usize,
+
+    /// The replication slot's reader holds its lease this long and renews it every third of
+    /// it: when the reader dies, another node reads the slot within about this time.
+    #[arg(long, env = "CLUSTER_SLOT_LEASE_MS", default_value_t = 5_000)]
+    pub cluster_slot_lease_ms: u64,
 }
 
 impl ClusterConfig {

@@ -37,12 +37,16 @@
 //! per second) stay per node: they are on the hot path and averaged over 60 s, so each node
 //! enforces them on what it serves.
 
+mod changes;
 mod config;
 mod envelope;
 mod keys;
 mod publisher;
 mod scripts;
+mod slot;
 mod subscriber;
+
+pub(crate) use slot::SlotReader;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -248,9 +252,35 @@ pub(crate) struct Cluster {
     shared: Arc<Shared>,
     pub_tx: mpsc::Sender<PubReq>,
     sub_tx: mpsc::UnboundedSender<SubReq>,
+    slot: Arc<SlotReader>,
+    changes: std::sync::OnceLock<Arc<changes::Changes>>,
 }
 
 impl Cluster {
+    /// Share postgres_changes subscriptions through the cluster and read the slot when this
+    /// node holds its lease (with a database only).
+    pub(crate) fn start_changes(
+        &self,
+        feed: Arc<crate::postgres::ChangeFeed>,
+        shutdown: CancellationToken,
+    ) {
+        let _ = self
+            .changes
+            .set(changes::Changes::start(self.slot.clone(), feed, shutdown));
+    }
+
+    /// A local channel's postgres_changes request, shared with the cluster (unchanged when
+    /// the node has no database).
+    pub(crate) fn share_postgres(
+        &self,
+        req: crate::postgres::SubscribeRequest,
+    ) -> crate::postgres::SubscribeRequest {
+        match self.changes.get() {
+            Some(c) => c.share(req),
+            None => req,
+        }
+    }
+
     /// Start the cluster tasks. Returns the handle and the registry whose topics report to
     /// the cluster (it replaces the single-node registry).
     pub(crate) fn start(
@@ -259,12 +289,13 @@ impl Cluster {
         presence_events: Arc<RateCounter>,
         users: Arc<AtomicUsize>,
         metrics: Arc<Metrics>,
+        slot: Arc<SlotReader>,
         shutdown: CancellationToken,
     ) -> Result<(Cluster, Arc<Registry>), ClusterError> {
         let url = config.redis_url.clone().unwrap_or_default();
         let client = redis::Client::open(url.as_str()).map_err(ClusterError::Url)?;
         let shared = Arc::new(Shared {
-            node: uuid::Uuid::new_v4().simple().to_string(),
+            node: slot.node.clone(),
             config: config.clone(),
             keys: Keys::new(&config.redis_prefix),
             client,
@@ -294,6 +325,8 @@ impl Cluster {
                 shared,
                 pub_tx,
                 sub_tx,
+                slot,
+                changes: std::sync::OnceLock::new(),
             },
             registry,
         ))
@@ -377,7 +410,29 @@ impl Cluster {
             "gaps_reported": s.gaps_reported.load(Ordering::SeqCst),
             "channels_errored": s.channels_errored.load(Ordering::SeqCst),
             "presence_lease_ms": self.shared.config.presence_ttl().as_millis() as u64,
-            "slot_owner": Value::Null,
+            "slot_owner": self.slot_status(),
+        })
+    }
+
+    fn slot_status(&self) -> Value {
+        let Some(c) = self.changes.get() else {
+            return Value::Null;
+        };
+        let slot = &self.slot;
+        let st = &slot.stats;
+        let holder = slot.holder.lock().clone();
+        json!({
+            "node": holder.as_deref().and_then(|h| h.split(':').next()),
+            "token": holder.as_deref().and_then(|h| h.split(':').nth(1)).and_then(|t| t.parse::<u64>().ok()),
+            "this_node": slot.is_owner(),
+            "takeovers_here": st.takeovers.load(Ordering::Relaxed),
+            "subscriptions_shared": c.shared_count.load(Ordering::Relaxed),
+            "subscriptions_mirrored": c.mirrored.load(Ordering::Relaxed),
+            "deliveries_sent": st.sent.load(Ordering::Relaxed),
+            "deliveries_received": st.received.load(Ordering::Relaxed),
+            "duplicates_dropped": st.duplicates_dropped.load(Ordering::Relaxed),
+            "fenced_dropped": st.fenced_dropped.load(Ordering::Relaxed),
+            "write_retries": st.write_retries.load(Ordering::Relaxed),
         })
     }
 }

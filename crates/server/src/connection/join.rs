@@ -319,12 +319,18 @@ impl Connection {
                 metrics.messages_out(kind, 1);
             }
         });
-        self.state.feed.subscribe(SubscribeRequest {
+        let request = SubscribeRequest {
             topic: name.to_owned(),
             claims: Value::Object(claims.raw.clone()),
             bindings,
             sink,
-        })
+        };
+        // cluster mode: shared so the slot's reader (maybe another node) checks it too
+        let request = match &self.state.cluster {
+            Some(cluster) => cluster.share_postgres(request),
+            None => request,
+        };
+        self.state.feed.subscribe(request)
     }
 
     /// Schedule the next token check of `topic` at `min(5 min, exp − now)`.

@@ -1,0 +1,191 @@
+//! postgres_changes in cluster mode: three server processes share one replication slot
+//! through a real redis-server; a real PostgreSQL. One node holds the slot lease and reads the
+//! slot for the subscribers of every node; killing it (SIGKILL) hands the slot to another node,
+//! which resumes from the slot's confirmed position.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::pg_server::*;
+use support::postgres::{db, require_db};
+use support::redis::require_redis;
+use support::ANON;
+
+async fn cluster_health(addr: &str) -> Value {
+    match reqwest::get(format!("http://{addr}/api/health")).await {
+        Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null)["cluster"].clone(),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Every `record.id` a socket gets within `timeout` until it has `n` distinct ids, counted.
+async fn collect(ws: &mut Ws, counts: &mut HashMap<i64, u32>, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while counts.len() < n {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        let Some((_, data)) = ws.change(left).await else {
+            break;
+        };
+        *counts
+            .entry(data["record"]["id"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    // what a new reader would send again arrives right after; give it a moment
+    while let Some((_, data)) = ws.change(Duration::from_millis(700)).await {
+        *counts
+            .entry(data["record"]["id"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+}
+
+fn check(node: usize, counts: &HashMap<i64, u32>, ids: impl Iterator<Item = i64>) {
+    let missing: Vec<i64> = ids.filter(|i| !counts.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "node {node}: {} rows never delivered (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let twice: Vec<i64> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(twice.is_empty(), "node {node}: delivered twice: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
+    let Some(url) = require_db("one_slot_reader_for_three_nodes_and_takeover_on_sigkill") else {
+        return;
+    };
+    let Some(redis) = require_redis("one_slot_reader_for_three_nodes", false) else {
+        return;
+    };
+    let c = db(&url).await;
+    prepare(
+        &c,
+        "clu",
+        "DROP TABLE IF EXISTS pc_clu; CREATE TABLE pc_clu (id int PRIMARY KEY); GRANT SELECT ON pc_clu TO PUBLIC;",
+        &["pc_clu"],
+    )
+    .await;
+    let redis_url = redis.url();
+    let extra = [
+        "--redis-url",
+        redis_url.as_str(),
+        "--cluster-slot-lease-ms",
+        "1500",
+    ];
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(ServerProc::start(Some(&url), "clu", &extra, 0, None).await);
+    }
+    let mut socks = Vec::new();
+    for n in &nodes {
+        let mut ws = Ws::connect(&n.addr).await;
+        ws.join("clu", ANON, json!([{"event": "INSERT", "table": "pc_clu"}]))
+            .await;
+        ws.subscribed().await;
+        socks.push(ws);
+    }
+
+    // one reader for the whole cluster, seen by every node
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let owner = loop {
+        let mut readers = Vec::new();
+        let mut seen = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let h = cluster_health(&n.addr).await;
+            if h["slot_owner"]["this_node"] == true {
+                readers.push(i);
+            }
+            seen.push(h["slot_owner"]["node"].clone());
+        }
+        if readers.len() == 1 && seen.iter().all(|s| *s == seen[0]) {
+            break readers[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single slot reader: {readers:?} {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // part 1: every subscriber, on every node, gets every change once
+    const FIRST: i64 = 50;
+    for i in 1..=FIRST {
+        c.execute("INSERT INTO pc_clu VALUES ($1)", &[&(i as i32)])
+            .await
+            .unwrap();
+    }
+    let mut counts: Vec<HashMap<i64, u32>> = vec![HashMap::new(); 3];
+    for (i, ws) in socks.iter_mut().enumerate() {
+        collect(ws, &mut counts[i], FIRST as usize, Duration::from_secs(30)).await;
+        check(i, &counts[i], 1..=FIRST);
+    }
+
+    // part 2: SIGKILL the reader during 2,000 inserts (one transaction each)
+    const N: i64 = 2000;
+    let writer_url = url.clone();
+    let writer = tokio::spawn(async move {
+        let w = db(&writer_url).await;
+        for i in FIRST + 1..=FIRST + N {
+            w.execute("INSERT INTO pc_clu VALUES ($1)", &[&(i as i32)])
+                .await
+                .unwrap();
+        }
+    });
+    // kill once a few hundred rows have reached a survivor
+    let survivor = (owner + 1) % 3;
+    {
+        let ws = &mut socks[survivor];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while counts[survivor].len() < (FIRST + 300) as usize && Instant::now() < deadline {
+            if let Some((_, data)) = ws.change(Duration::from_secs(5)).await {
+                *counts[survivor]
+                    .entry(data["record"]["id"].as_i64().unwrap())
+                    .or_default() += 1;
+            }
+        }
+    }
+    nodes[owner].kill();
+    let killed_at = Instant::now();
+    writer.await.unwrap();
+
+    let mut dropped = 0;
+    for i in (0..3).filter(|i| *i != owner) {
+        collect(
+            &mut socks[i],
+            &mut counts[i],
+            (FIRST + N) as usize,
+            Duration::from_secs(60),
+        )
+        .await;
+        check(i, &counts[i], 1..=FIRST + N);
+        let h = cluster_health(&nodes[i].addr).await;
+        let d = h["slot_owner"]["duplicates_dropped"].as_u64().unwrap();
+        eprintln!(
+            "node {i}: {} distinct rows, duplicates dropped by the node {d}, slot {}",
+            counts[i].len(),
+            h["slot_owner"]
+        );
+        dropped += d;
+    }
+    let h = cluster_health(&nodes[survivor].addr).await;
+    assert_ne!(h["slot_owner"]["token"], Value::Null);
+    eprintln!(
+        "reader killed after {} rows at the survivor; all {} rows delivered to both survivors within {:?} of the kill; {dropped} re-sent changes dropped",
+        FIRST + 300,
+        FIRST + N,
+        killed_at.elapsed()
+    );
+    drop(nodes);
+    drop_slot(&c, "slot_clu").await;
+}
