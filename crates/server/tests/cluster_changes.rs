@@ -189,3 +189,85 @@ async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
     drop(nodes);
     drop_slot(&c, "slot_clu").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_5s_pauses_postgres_changes_and_loses_nothing() {
+    let Some(url) = require_db("redis_down_5s_pauses_postgres_changes_and_loses_nothing") else {
+        return;
+    };
+    let Some(mut redis) = require_redis("redis_down_5s_pauses_postgres_changes", true) else {
+        return;
+    };
+    let c = db(&url).await;
+    prepare(
+        &c,
+        "clr",
+        "DROP TABLE IF EXISTS pc_clr; CREATE TABLE pc_clr (id int PRIMARY KEY); GRANT SELECT ON pc_clr TO PUBLIC;",
+        &["pc_clr"],
+    )
+    .await;
+    let redis_url = redis.url();
+    let extra = [
+        "--redis-url",
+        redis_url.as_str(),
+        "--cluster-slot-lease-ms",
+        "1500",
+    ];
+    let nodes = vec![
+        ServerProc::start(Some(&url), "clr", &extra, 0, None).await,
+        ServerProc::start(Some(&url), "clr", &extra, 0, None).await,
+    ];
+    let mut socks = Vec::new();
+    for n in &nodes {
+        let mut ws = Ws::connect(&n.addr).await;
+        ws.join("clr", ANON, json!([{"event": "INSERT", "table": "pc_clr"}]))
+            .await;
+        ws.subscribed().await;
+        socks.push(ws);
+    }
+    const N: i64 = 300;
+    for i in 1..=100 {
+        c.execute("INSERT INTO pc_clr VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+    }
+    redis.stop();
+    let stopped = Instant::now();
+    for i in 101..=200 {
+        c.execute("INSERT INTO pc_clr VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
+    redis.start();
+    let restarted = Instant::now();
+    for i in 201..=N {
+        c.execute("INSERT INTO pc_clr VALUES ($1)", &[&(i as i32)])
+            .await
+            .unwrap();
+    }
+    for (i, ws) in socks.iter_mut().enumerate() {
+        let mut counts = HashMap::new();
+        collect(ws, &mut counts, N as usize, Duration::from_secs(60)).await;
+        check(i, &counts, 1..=N);
+        // no "database unavailable" for a Redis fault: the channel stays subscribed
+        assert!(
+            ws.system(Duration::from_millis(100)).await.is_none(),
+            "node {i}: unexpected system message"
+        );
+    }
+    let mut owner = Value::Null;
+    for n in &nodes {
+        let h = cluster_health(&n.addr).await;
+        if h["slot_owner"]["this_node"] == true {
+            owner = h["slot_owner"].clone();
+        }
+    }
+    eprintln!(
+        "Redis down 5 s: all {N} rows on both nodes {:?} after Redis came back; reader now {owner}",
+        restarted.elapsed()
+    );
+    drop(nodes);
+    drop_slot(&c, "slot_clr").await;
+}

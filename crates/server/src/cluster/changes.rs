@@ -50,6 +50,9 @@ pub(crate) struct LocalSub {
     last: Mutex<ChangePosition>,
     /// (the reader has it live, a `Subscribed` is waiting for that)
     ready: Mutex<(bool, bool)>,
+    /// The channel was told `Subscribed` and no error since: the local feed says it again
+    /// when its session restarts after a lost slot lease, which is no news to the channel.
+    live: Mutex<bool>,
     changes: Arc<Changes>,
 }
 
@@ -81,6 +84,19 @@ impl LocalSub {
         (self.inner)(FeedEvent::Change(frame));
     }
 
+    fn tell(&self, ev: FeedEvent) {
+        {
+            let mut live = self.live.lock();
+            match ev {
+                FeedEvent::Subscribed if *live => return,
+                FeedEvent::Subscribed => *live = true,
+                FeedEvent::Error(_) => *live = false,
+                FeedEvent::Change(_) => {}
+            }
+        }
+        (self.inner)(ev);
+    }
+
     fn subscribed(self: &Arc<Self>) {
         let pass = {
             let mut r = self.ready.lock();
@@ -92,7 +108,7 @@ impl LocalSub {
             }
         };
         if pass {
-            (self.inner)(FeedEvent::Subscribed);
+            self.tell(FeedEvent::Subscribed);
             return;
         }
         let me = Arc::downgrade(self);
@@ -102,7 +118,7 @@ impl LocalSub {
                 let waiting = std::mem::replace(&mut me.ready.lock().1, false);
                 if waiting {
                     tracing::warn!(sub = me.id, "cluster: no word from the slot reader in time; reporting the subscription live");
-                    (me.inner)(FeedEvent::Subscribed);
+                    me.tell(FeedEvent::Subscribed);
                 }
             }
         });
@@ -115,7 +131,7 @@ impl LocalSub {
             std::mem::replace(&mut r.1, false)
         };
         if waiting {
-            (self.inner)(FeedEvent::Subscribed);
+            self.tell(FeedEvent::Subscribed);
         }
     }
 }
@@ -184,6 +200,7 @@ impl Changes {
             inner: req.sink,
             last: Mutex::new((0, 0)),
             ready: Mutex::new((false, false)),
+            live: Mutex::new(false),
             changes: self.clone(),
         });
         self.locals.lock().insert(id, Arc::downgrade(&local));
@@ -191,7 +208,7 @@ impl Changes {
         let sink: Sink = Arc::new(move |ev: FeedEvent| match ev {
             FeedEvent::Subscribed => local.subscribed(),
             FeedEvent::Change(frame) => local.deliver(frame),
-            ev @ FeedEvent::Error(_) => (local.inner)(ev),
+            ev @ FeedEvent::Error(_) => local.tell(ev),
         });
         SubscribeRequest {
             topic: req.topic,

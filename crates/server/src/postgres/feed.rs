@@ -255,6 +255,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             tracing::info!("postgres_changes feed stopped");
             return;
         }
+        if let Err(FeedError::SlotLeaseLost) = result {
+            // Not a database fault: the channels are not told; the session waits for the
+            // lease again with its subscriptions as they are.
+            shared.status.lock().streaming = false;
+            continue;
+        }
         let err = match result {
             Ok(()) => "replication stream ended".to_string(),
             Err(e) => e.to_string(),
