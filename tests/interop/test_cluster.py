@@ -254,25 +254,66 @@ async def test_redis_down_5s_during_traffic(nodes, redis, trio):
     assert status["channels_errored"] == 0, status
 
 
+def _health(proc):
+    return httpx.get(f"{proc.http_url}/api/health", timeout=5.0).json()
+
+
+class ClusterPgServer:
+    """A cluster node on the database: ready when its feed streams the shared slot or stands
+    by for it (another node holds the lease)."""
+
+    def __init__(self, url, prefix, log_dir, flags):
+        from pg_support import PgServer
+        self.inner = PgServer(url, prefix, log_dir, flags)
+        self.proc = self.inner.proc
+        self.inner.slot = flags["--slot-name"]
+
+    def start(self, timeout: float = 60.0):
+        self.proc.start()
+        deadline = time.monotonic() + timeout
+        health = None
+        while time.monotonic() < deadline:
+            try:
+                health = _health(self.proc)
+                db = health.get("database") or {}
+                pc = health.get("postgres_changes") or {}
+                owner = (health.get("cluster") or {}).get("slot_owner") or {}
+                if db.get("ready") is True and db.get("broadcast_streaming") is True \
+                        and pc.get("state") in ("streaming", "standby") and owner.get("node"):
+                    return self.proc
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"cluster node not ready: {health}\n{self.proc.log_tail()}")
+
+    def stop(self):
+        return self.inner.stop()
+
+
 async def test_database_changes_reach_subscribers_on_every_node_once(request, redis, js_factory,
                                                                       py_factory):
-    """Interim cluster setup for postgres_changes: each node streams its own slot (distinct
-    --slot-name, shared publication), so each subscriber gets every change from its own node.
-    Database broadcasts (realtime.send) likewise reach each node's channels once."""
+    """postgres_changes in cluster mode: three nodes share one slot; the node holding its lease
+    reads it for the subscribers of every node (the others stand by), so each subscriber gets
+    every change once. Database broadcasts (realtime.send) reach each node's channels once
+    (each node streams realtime.messages through its own temporary slot)."""
     from pg_support import PgServer, apsql, drop_stale_slots, require_database
     from test_postgres_changes import js_change, js_subscriber, py_subscriber
 
     url = require_database()
     drop_stale_slots(url, "icl")
     publication = f"icl_pub_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    flags = {"--redis-url": redis.url, "--publication": publication}
+    slot = f"icl_slot_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    flags = {"--redis-url": redis.url, "--publication": publication, "--slot-name": slot}
     pg_nodes = []
     table = f"icl_{uuid.uuid4().hex[:10]}"
     try:
         for _ in range(3):
-            pgs = PgServer(url, "icl", _log_dir(request), flags)
+            pgs = ClusterPgServer(url, "icl", _log_dir(request), flags)
             pgs.start()
             pg_nodes.append(pgs)
+        readers = [h["cluster"]["slot_owner"]["this_node"] for h in (_health(p.proc) for p in pg_nodes)]
+        assert readers.count(True) == 1, f"one slot reader for the cluster: {readers}"
         await apsql(url, f"""
             CREATE TABLE public.{table} (id int8 PRIMARY KEY);
             GRANT SELECT ON public.{table} TO anon, authenticated;

@@ -129,6 +129,8 @@ impl Shared {
         let phase = match &*self.phase.lock() {
             Phase::Starting => "starting",
             Phase::Up(_) if st.streaming => "streaming",
+            // cluster mode: another node holds the slot's lease
+            Phase::Up(_) if self.gate.is_some() => "standby",
             Phase::Up(_) => "connected",
             Phase::Down => "down",
         };
