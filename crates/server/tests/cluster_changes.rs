@@ -172,7 +172,7 @@ async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
         let h = cluster_health(&nodes[i].addr).await;
         let d = h["slot_owner"]["duplicates_dropped"].as_u64().unwrap();
         eprintln!(
-            "node {i}: {} distinct rows, duplicates dropped by the node {d}, slot {}",
+            "node {i}: {} distinct rows, duplicates dropped by this node: {d}, slot {}",
             counts[i].len(),
             h["slot_owner"]
         );

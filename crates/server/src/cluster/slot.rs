@@ -36,10 +36,16 @@ const INBOX_MAX: usize = 200_000;
 const WRITE_BATCH: usize = 2_000;
 
 /// Takes the lease only if it is free; returns the new fencing token, or 0 and the holder.
+/// The token is at least the caller's clock in ms, so it still grows after Redis lost its
+/// data (receivers would otherwise drop a new reader's deliveries as fenced).
 const ACQUIRE: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if holder then return {0, holder} end
 local token = redis.call('INCR', KEYS[2])
+if token < tonumber(ARGV[3]) then
+  token = tonumber(ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[3])
+end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 return {token, ARGV[1] .. ':' .. token}
 ";
@@ -248,6 +254,7 @@ impl SlotReader {
             .key(&self.fence_key)
             .arg(&self.node)
             .arg(self.ttl.as_millis() as u64)
+            .arg(super::now_ms())
             .invoke_async(&mut conn)
             .await?;
         *self.holder.lock() = Some(holder.clone());
