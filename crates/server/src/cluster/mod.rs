@@ -20,6 +20,13 @@
 //! Every node sweeps expired leases each second (atomic, so sweeping twice is harmless): a
 //! dead node's entries leave for everyone within the lease plus one second.
 //!
+//! **postgres_changes.** One node at a time reads the shared replication slot: it holds a
+//! leased Redis key with a fencing token (`slot.rs`); the feed streams only while the lease is
+//! held and confirms a position only after the deliveries before it are in Redis. Every node
+//! shares its channels' subscriptions and mirrors the others' into its own feed, so the reader
+//! checks RLS for the whole cluster; deliveries for other nodes go to their inbox streams, and
+//! receivers drop what a new reader sends again after a takeover (`changes.rs`).
+//!
 //! **Redis faults.** The writer task ([`publisher`]) and the reader task ([`subscriber`]) each
 //! own their connections and reconnect on their own. While the writer cannot reach Redis, a
 //! WebSocket broadcast is delivered to local channels at once and kept (bounded) to publish
