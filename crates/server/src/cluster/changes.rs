@@ -558,3 +558,35 @@ fn stream_entries(reply: Value) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn xread_reply_entries_in_order_and_malformed_parts_skipped() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("inbox"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("d"), bulk("a")])]),
+                Value::Int(3),
+                Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("x"), bulk("b")])]),
+                Value::Array(vec![bulk("3-0"), Value::Array(vec![bulk("d"), bulk("c")])]),
+            ]),
+        ])]);
+        let got: Vec<(String, String)> = stream_entries(reply)
+            .into_iter()
+            .map(|(id, v)| (id, String::from_utf8(v).unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("1-0".into(), "a".into()), ("3-0".into(), "c".into())]
+        );
+        assert!(stream_entries(Value::Nil).is_empty());
+        assert!(stream_entries(Value::Array(vec![Value::Int(1)])).is_empty());
+    }
+}
