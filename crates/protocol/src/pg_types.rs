@@ -278,6 +278,30 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn by_type_name_as_the_client_sees_columns() {
+        assert_eq!(typname_to_json("int8", " 42 "), json!(42));
+        assert_eq!(typname_to_json("numeric", "1.5"), json!(1.5));
+        assert_eq!(typname_to_json("bool", "t"), json!(true));
+        assert_eq!(typname_to_json("jsonb", r#"{"a":1}"#), json!({"a": 1}));
+        assert_eq!(
+            typname_to_json("timestamp", "2026-01-01 10:00:00"),
+            json!("2026-01-01T10:00:00")
+        );
+        // realtime-js leaves timestamptz strings alone
+        assert_eq!(
+            typname_to_json("timestamptz", "2026-01-01 10:00:00+00"),
+            json!("2026-01-01 10:00:00+00")
+        );
+        assert_eq!(typname_to_json("_int4", "{1,NULL,3}"), json!([1, null, 3]));
+        assert_eq!(typname_to_json("_int4", "[1,2]"), json!([1, 2]));
+        assert_eq!(
+            typname_to_json("_text", r#"{"a,b",c}"#),
+            json!(["a,b", "c"])
+        );
+        assert_eq!(typname_to_json("uuid", "x"), json!("x"));
+    }
+
+    #[test]
     fn scalars() {
         assert_eq!(to_json(&Kind::Bool, "t"), json!(true));
         assert_eq!(to_json(&Kind::Int, "-42"), json!(-42));

@@ -11,7 +11,9 @@
 //!   sink. The sink receives [`FeedEvent`]s; the connection turns them into frames:
 //!   - `Subscribed` → `system` `{"extension":"postgres_changes","status":"ok","message":"Subscribed to PostgreSQL","channel":<topic>}`
 //!   - `Error(msg)` → `system` `{"extension":"postgres_changes","status":"error","message":msg,"channel":<topic>}`
-//!   - `Change{ids,data}` → fan-out `postgres_changes` `{"ids":ids,"data":data}`
+//!   - `Change(frame)` → the `postgres_changes` message `{"data":..,"ids":..}` for the
+//!     channel's topic, already made (and encoded once per serializer) for every channel of
+//!     that topic that gets the same change with the same ids
 //! * Dropping the returned [`Subscription`] unsubscribes; `update_claims` follows an
 //!   `access_token` push.
 
