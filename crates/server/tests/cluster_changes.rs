@@ -271,3 +271,74 @@ async fn redis_down_5s_pauses_postgres_changes_and_loses_nothing() {
     drop(nodes);
     drop_slot(&c, "slot_clr").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_token_on_a_standby_node_reaches_the_reader() {
+    let Some(url) = require_db("access_token_on_a_standby_node_reaches_the_reader") else {
+        return;
+    };
+    let Some(redis) = require_redis("access_token_on_a_standby_node", false) else {
+        return;
+    };
+    let c = db(&url).await;
+    prepare(
+        &c,
+        "clt",
+        "DROP TABLE IF EXISTS pc_clt; CREATE TABLE pc_clt (id int PRIMARY KEY, owner uuid);
+         ALTER TABLE pc_clt ENABLE ROW LEVEL SECURITY;
+         GRANT SELECT ON pc_clt TO anon, authenticated;
+         CREATE POLICY mine ON pc_clt FOR SELECT TO authenticated USING (owner = auth.uid());",
+        &["pc_clt"],
+    )
+    .await;
+    let redis_url = redis.url();
+    let extra = ["--redis-url", redis_url.as_str()];
+    let nodes = vec![
+        ServerProc::start(Some(&url), "clt", &extra, 0, None).await,
+        ServerProc::start(Some(&url), "clt", &extra, 0, None).await,
+    ];
+    // subscribe on the node that does not read the slot
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let standby = loop {
+        let mut owners = Vec::new();
+        for n in &nodes {
+            owners.push(cluster_health(&n.addr).await["slot_owner"]["this_node"] == true);
+        }
+        if owners.iter().filter(|o| **o).count() == 1 {
+            break owners.iter().position(|o| !*o).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no slot reader: {owners:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let u1 = "44444444-4444-4444-4444-444444444444";
+    let mut ws = Ws::connect(&nodes[standby].addr).await;
+    ws.join("clt", ANON, json!([{"event": "INSERT", "table": "pc_clt"}]))
+        .await;
+    ws.subscribed().await;
+    c.execute("INSERT INTO pc_clt VALUES (1, $1::text::uuid)", &[&u1])
+        .await
+        .unwrap();
+    assert!(
+        ws.change(QUIET).await.is_none(),
+        "anon must not see the row"
+    );
+    ws.send(
+        "realtime:clt",
+        "access_token",
+        json!({"access_token": user_token(u1)}),
+        Some("1"),
+    )
+    .await;
+    ws.subscribed().await; // re-subscribed with the new claims, as upstream
+    c.execute("INSERT INTO pc_clt VALUES (2, $1::text::uuid)", &[&u1])
+        .await
+        .unwrap();
+    let (_, data) = ws
+        .change(WAIT)
+        .await
+        .expect("the owner's row after the token refresh, checked by the reader");
+    assert_eq!(data["record"]["id"], 2);
+    assert!(ws.change(QUIET).await.is_none(), "row 2 once");
+    drop(nodes);
+    drop_slot(&c, "slot_clt").await;
+}

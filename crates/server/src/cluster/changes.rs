@@ -46,6 +46,11 @@ pub(crate) enum ShareReq {
 /// A local channel's subscription as the cluster sees it.
 pub(crate) struct LocalSub {
     id: u64,
+    /// (socket, wire topic): a socket has one channel per topic.
+    channel: (u64, String),
+    /// What is shared, without the claims.
+    topic: String,
+    bindings: Vec<Json>,
     inner: Sink,
     last: Mutex<ChangePosition>,
     /// (the reader has it live, a `Subscribed` is waiting for that)
@@ -74,7 +79,7 @@ impl LocalSub {
                         lsn = at.0,
                         ordinal = at.1,
                         dropped = n + 1,
-                        "cluster: postgres_changes duplicate after a slot takeover dropped"
+                        "cluster: postgres_changes change received again (slot takeover or claims swap) dropped"
                     );
                 }
                 return;
@@ -139,6 +144,13 @@ impl LocalSub {
 impl Drop for LocalSub {
     fn drop(&mut self) {
         self.changes.locals.lock().remove(&self.id);
+        let mut by_channel = self.changes.by_channel.lock();
+        if by_channel
+            .get(&self.channel)
+            .is_some_and(|id| *id == self.id)
+        {
+            by_channel.remove(&self.channel);
+        }
         let _ = self.changes.share_tx.send(ShareReq::Remove(self.id));
     }
 }
@@ -148,6 +160,7 @@ pub(crate) struct Changes {
     pub(crate) slot: Arc<SlotReader>,
     next: AtomicU64,
     locals: Mutex<HashMap<u64, Weak<LocalSub>>>,
+    by_channel: Mutex<HashMap<(u64, String), u64>>,
     share_tx: mpsc::UnboundedSender<ShareReq>,
     pub(crate) mirrored: AtomicU64,
     pub(crate) shared_count: AtomicU64,
@@ -173,6 +186,7 @@ impl Changes {
             slot: slot.clone(),
             next: AtomicU64::new(1),
             locals: Mutex::new(HashMap::new()),
+            by_channel: Mutex::new(HashMap::new()),
             share_tx,
             mirrored: AtomicU64::new(0),
             shared_count: AtomicU64::new(0),
@@ -187,7 +201,7 @@ impl Changes {
 
     /// Share a local channel's subscription with the cluster; returns the request to give
     /// the local feed (its sink wrapped, see the module docs).
-    pub(crate) fn share(self: &Arc<Self>, req: SubscribeRequest) -> SubscribeRequest {
+    pub(crate) fn share(self: &Arc<Self>, req: SubscribeRequest, conn: u64) -> SubscribeRequest {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let bindings: Vec<Json> = req
             .bindings
@@ -195,8 +209,15 @@ impl Changes {
             .map(|b| json!({"id": b.id, "params": b.params}))
             .collect();
         let shared = json!({"topic": req.topic, "claims": req.claims, "bindings": bindings});
+        let channel = (
+            conn,
+            format!("{}{}", supa_realtime_protocol::TOPIC_PREFIX, req.topic),
+        );
         let local = Arc::new(LocalSub {
             id,
+            channel: channel.clone(),
+            topic: req.topic.clone(),
+            bindings,
             inner: req.sink,
             last: Mutex::new((0, 0)),
             ready: Mutex::new((false, false)),
@@ -204,6 +225,7 @@ impl Changes {
             changes: self.clone(),
         });
         self.locals.lock().insert(id, Arc::downgrade(&local));
+        self.by_channel.lock().insert(channel, id);
         let _ = self.share_tx.send(ShareReq::Add(id, shared.to_string()));
         let sink: Sink = Arc::new(move |ev: FeedEvent| match ev {
             FeedEvent::Subscribed => local.subscribed(),
@@ -216,6 +238,26 @@ impl Changes {
             bindings: req.bindings,
             sink,
         }
+    }
+
+    /// New claims for a channel's subscription: shared again, so the mirrors resubscribe.
+    pub(crate) fn update_claims(&self, conn: u64, wire_topic: &str, claims: Json) {
+        let id = self
+            .by_channel
+            .lock()
+            .get(&(conn, wire_topic.to_owned()))
+            .copied();
+        let Some(local) = id.and_then(|id| self.local(id)) else {
+            return;
+        };
+        // The feed says `Subscribed` again for the new claims (as upstream); it is passed on
+        // once the reader has them live.
+        *local.live.lock() = false;
+        local.ready.lock().0 = false;
+        let shared = json!({"topic": local.topic, "claims": claims, "bindings": local.bindings});
+        let _ = self
+            .share_tx
+            .send(ShareReq::Add(local.id, shared.to_string()));
     }
 
     fn local(&self, id: u64) -> Option<Arc<LocalSub>> {
@@ -358,15 +400,23 @@ async fn mirror_loop(changes: Arc<Changes>, feed: Arc<ChangeFeed>, shutdown: Can
         }
         seen_version = version;
         last_full = Instant::now();
-        mirrors.retain(|k, (v, _)| want.get(k) == Some(v));
+        mirrors.retain(|k, _| want.contains_key(k));
         for (k, v) in want {
-            if mirrors.contains_key(&k) {
+            if mirrors.get(&k).is_some_and(|(old, _)| *old == v) {
                 continue;
             }
-            let Some(req) = proxy_request(&slot, &k.0, k.1, &v) else {
+            let (live_tx, live_rx) = tokio::sync::oneshot::channel();
+            let Some(req) = proxy_request(&slot, &k.0, k.1, &v, live_tx) else {
                 continue;
             };
-            mirrors.insert(k, (v, feed.subscribe(req)));
+            // New claims: the old mirror keeps checking until the new one is live (the
+            // receiver drops what both deliver), so no change falls between them.
+            if let Some((_, old)) = mirrors.insert(k, (v, feed.subscribe(req))) {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(READY_WAIT, live_rx).await;
+                    drop(old);
+                });
+            }
         }
         changes
             .mirrored
@@ -380,7 +430,9 @@ fn proxy_request(
     node: &str,
     id: u64,
     shared: &str,
+    live: tokio::sync::oneshot::Sender<()>,
 ) -> Option<SubscribeRequest> {
+    let live = Mutex::new(Some(live));
     let v: Json = serde_json::from_str(shared).ok()?;
     let bindings = v["bindings"]
         .as_array()?
@@ -395,6 +447,11 @@ fn proxy_request(
     let slot = slot.clone();
     let node = node.to_owned();
     let sink: Sink = Arc::new(move |ev: FeedEvent| {
+        if matches!(ev, FeedEvent::Subscribed) {
+            if let Some(tx) = live.lock().take() {
+                let _ = tx.send(());
+            }
+        }
         // Only the reader forwards; a standby's mirrors are kept compiled for a takeover.
         if !slot.is_owner() {
             return;

@@ -281,10 +281,19 @@ impl Cluster {
     pub(crate) fn share_postgres(
         &self,
         req: crate::postgres::SubscribeRequest,
+        conn: u64,
     ) -> crate::postgres::SubscribeRequest {
         match self.changes.get() {
-            Some(c) => c.share(req),
+            Some(c) => c.share(req, conn),
             None => req,
+        }
+    }
+
+    /// The channel `wire_topic` of socket `conn` swapped its token: the reader checks RLS
+    /// with these claims from now on.
+    pub(crate) fn postgres_claims(&self, conn: u64, wire_topic: &str, claims: Value) {
+        if let Some(c) = self.changes.get() {
+            c.update_claims(conn, wire_topic, claims);
         }
     }
 

@@ -327,7 +327,7 @@ impl Connection {
         };
         // cluster mode: shared so the slot's reader (maybe another node) checks it too
         let request = match &self.state.cluster {
-            Some(cluster) => cluster.share_postgres(request),
+            Some(cluster) => cluster.share_postgres(request, self.id),
             None => request,
         };
         self.state.feed.subscribe(request)
