@@ -342,3 +342,68 @@ async fn access_token_on_a_standby_node_reaches_the_reader() {
     drop(nodes);
     drop_slot(&c, "slot_clt").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_losing_its_database_session_hands_over_nothing_lost() {
+    let Some(url) = require_db("reader_losing_its_database_session_hands_over_nothing_lost") else {
+        return;
+    };
+    let Some(redis) = require_redis("reader_losing_its_database_session", false) else {
+        return;
+    };
+    let c = db(&url).await;
+    prepare(
+        &c,
+        "cls",
+        "DROP TABLE IF EXISTS pc_cls; CREATE TABLE pc_cls (id int PRIMARY KEY); GRANT SELECT ON pc_cls TO PUBLIC;",
+        &["pc_cls"],
+    )
+    .await;
+    let redis_url = redis.url();
+    let extra = [
+        "--redis-url",
+        redis_url.as_str(),
+        "--cluster-slot-lease-ms",
+        "1500",
+    ];
+    let nodes = vec![
+        ServerProc::start(Some(&url), "cls", &extra, 0, None).await,
+        ServerProc::start(Some(&url), "cls", &extra, 0, None).await,
+    ];
+    let mut socks = Vec::new();
+    for n in &nodes {
+        let mut ws = Ws::connect(&n.addr).await;
+        ws.join("cls", ANON, json!([{"event": "INSERT", "table": "pc_cls"}]))
+            .await;
+        ws.subscribed().await;
+        socks.push(ws);
+    }
+    const N: i32 = 600;
+    let writer_url = url.clone();
+    let writer = tokio::spawn(async move {
+        let w = db(&writer_url).await;
+        for i in 1..=N {
+            w.execute("INSERT INTO pc_cls VALUES ($1)", &[&i])
+                .await
+                .unwrap();
+        }
+    });
+    // cut the reader's replication session twice while rows stream
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'slot_cls' AND active_pid IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    writer.await.unwrap();
+    for (i, ws) in socks.iter_mut().enumerate() {
+        let mut counts = HashMap::new();
+        collect(ws, &mut counts, N as usize, Duration::from_secs(60)).await;
+        check(i, &counts, 1..=i64::from(N));
+    }
+    drop(nodes);
+    drop_slot(&c, "slot_cls").await;
+}

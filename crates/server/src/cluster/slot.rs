@@ -199,6 +199,17 @@ impl SlotReader {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.ttl / 3) => {}
+                // released: this node's feed cannot stream (its database is unreachable)
+                () = lost.cancelled() => {
+                    if conn.is_none() {
+                        conn = self.connect(self.ttl / 3).await.ok();
+                    }
+                    if let Some(c) = conn.as_mut() {
+                        let _: RedisResult<i64> = redis::Script::new(RELEASE).key(&self.lease_key).arg(&value).invoke_async(c).await;
+                    }
+                    tracing::info!("cluster: slot lease released (this node's feed cannot stream)");
+                    break;
+                }
                 () = self.shutdown.cancelled() => {
                     if let Some(c) = conn.as_mut() {
                         let _: RedisResult<i64> = redis::Script::new(RELEASE).key(&self.lease_key).arg(&value).invoke_async(c).await;
@@ -368,6 +379,12 @@ impl SlotGate for Arc<SlotReader> {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
+    }
+
+    fn release(&self) {
+        if let Some(lost) = self.lost.lock().take() {
+            lost.cancel();
+        }
     }
 
     fn flushed(&self) -> BoxFuture<'static, ()> {

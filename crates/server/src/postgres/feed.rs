@@ -60,6 +60,8 @@ pub(crate) trait SlotGate: Send + Sync {
     /// called before a position is confirmed, so a reader that dies never confirms what the
     /// other nodes did not get.
     fn flushed(&self) -> BoxFuture<'static, ()>;
+    /// The session failed (the database is unreachable from here): let another node read.
+    fn release(&self);
 }
 
 /// Where the feed stands.
@@ -262,6 +264,9 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             // lease again with its subscriptions as they are.
             shared.status.lock().streaming = false;
             continue;
+        }
+        if let Some(gate) = &shared.gate {
+            gate.release();
         }
         let err = match result {
             Ok(()) => "replication stream ended".to_string(),
