@@ -7,7 +7,7 @@
 #   scripts/bench.sh --quick    small sizes, < 60 s, what CI runs to keep the harness working;
 #                               writes to $BENCH_OUT (default /tmp/supa-realtime-bench-quick)
 #
-# Other flags go to the bench binary (`--only fanout,connections,python,postgres,presence`,
+# Other flags go to the bench binary (`--only fanout,connections,python,postgres,presence,cluster`,
 # `--perf <scenario>`, `--note <text>`; see `supa-realtime-bench --help`).
 # Env: DATABASE_URL (else scripts/postgres.sh starts the project's PostgreSQL; SKIP_POSTGRES=1
 # runs without, and postgres_changes / database broadcast are reported as not measured),
@@ -23,6 +23,7 @@ for a in "$@"; do [ "$a" = --quick ] && QUICK=1; done
 
 ensure_base_tools
 ensure_python_venv
+ensure_redis
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac

@@ -42,7 +42,10 @@ log "checking/installing prerequisites"
 ensure_base_tools
 ensure_interop_node_modules
 ensure_python_venv
+ensure_redis
 set +e
+# Cluster tests must run, not skip, here.
+export REQUIRE_REDIS=1
 
 if [ "${SKIP_POSTGRES:-}" != 1 ] && [ -f scripts/postgres.sh ]; then
   log "starting PostgreSQL (scripts/postgres.sh)"
@@ -58,6 +61,8 @@ if [ "${SKIP_POSTGRES:-}" != 1 ] && [ -f scripts/postgres.sh ]; then
 fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# CI builds once from a fresh clone: incremental caches would only cost disk and time.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
 

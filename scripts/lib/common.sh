@@ -73,6 +73,15 @@ ensure_interop_node_modules() {
   echo "$want" >"$stamp"
 }
 
+# Debian's redis-server (7.0) for cluster mode and its tests. The tests start private
+# instances on free ports; scripts/redis.sh runs a long-lived one for manual clusters.
+ensure_redis() {
+  have redis-server && have redis-cli && return 0
+  log "installing redis-server (apt)"
+  apt_install redis-server redis-tools
+  # Debian starts a system-wide instance on 6379; the project never uses it.
+}
+
 ensure_python_venv() {
   local py="${PYTHON:-python3}"
   have "$py" || apt_install python3

@@ -159,6 +159,7 @@ class ServerProcess:
         env.setdefault("LOG_LEVEL", "info")
         env.setdefault("NO_COLOR", "1")
         env.pop("DATABASE_URL", None) if "--database-url" not in self.flags else None
+        env.pop("REDIS_URL", None) if "--redis-url" not in self.flags else None
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

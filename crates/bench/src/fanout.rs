@@ -79,7 +79,7 @@ struct Shared {
 /// Connect the subscribers; each task returns its latency histograms (saturated, paced).
 async fn subscribers(
     target: Target,
-    addr: &str,
+    addrs: &[String],
     p: &FanoutParams,
     shared: Arc<Shared>,
     paced_from: Arc<AtomicU64>,
@@ -87,10 +87,10 @@ async fn subscribers(
 ) -> Res<Vec<tokio::task::JoinHandle<(Histogram<u64>, Histogram<u64>)>>> {
     let n = p.channels * p.subs;
     let items: Vec<usize> = (0..n).collect();
-    let addr = addr.to_owned();
     bar.set_message(format!("connecting {n} subscribers"));
     let socks = bounded(items, 128, |i| {
-        let addr = addr.clone();
+        // Spread over the nodes of a cluster (one address: all on it).
+        let addr = addrs[i % addrs.len()].clone();
         let c = i % p.channels;
         async move {
             let r: Res<Ws> = async {
@@ -228,13 +228,17 @@ impl Sender {
     }
 }
 
-/// Run one fan-out measurement against a running `proc`.
+/// Run one fan-out measurement against a running `proc`: the sender on it, the subscribers
+/// on it too, or spread over `spread` (the nodes of a cluster) when given.
 pub async fn run(
     target: Target,
     proc: &Proc,
+    spread: &[String],
     p: &FanoutParams,
     bar: &ProgressBar,
 ) -> Res<FanoutResult> {
+    let own = [proc.addr.clone()];
+    let addrs = if spread.is_empty() { &own[..] } else { spread };
     let shared = Arc::new(Shared {
         delivered: AtomicU64::new(0),
         start: AtomicU64::new(u64::MAX),
@@ -242,15 +246,7 @@ pub async fn run(
         measured: AtomicU64::new(0),
     });
     let paced_from = Arc::new(AtomicU64::new(u64::MAX));
-    let handles = subscribers(
-        target,
-        &proc.addr,
-        p,
-        shared.clone(),
-        paced_from.clone(),
-        bar,
-    )
-    .await?;
+    let handles = subscribers(target, addrs, p, shared.clone(), paced_from.clone(), bar).await?;
     let per_msg = p.subs as u64;
     let pad = "x".repeat(p.pad);
     let mut sender = match target {

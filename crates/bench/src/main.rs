@@ -16,6 +16,7 @@
 mod baseline;
 mod burst;
 mod charts;
+mod cluster;
 mod common;
 mod conns;
 mod fanout;
@@ -69,7 +70,7 @@ struct Cli {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Run only these scenarios (comma list of: fanout, connections, python, postgres, presence,
-    /// burst, presence-clients).
+    /// burst, presence-clients, cluster).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record a `perf` profile of the server during this fan-out or scenario name
@@ -174,6 +175,10 @@ pub struct Results {
     pub presence: Option<Result<presence::PresenceResult, String>>,
     pub burst: Option<Result<burst::BurstResult, String>>,
     pub presence_clients: Option<Result<presence::ClientPresenceResult, String>>,
+    /// Fan-out 1 x N: one node, one node through Redis, three nodes through Redis.
+    pub cluster_fanout: Vec<(String, Result<fanout::FanoutResult, String>)>,
+    /// Presence: one node, three nodes.
+    pub cluster_presence: Vec<(String, Result<presence::PresenceResult, String>)>,
     pub perf: Option<String>,
     pub load_before: String,
     pub load_after: String,
@@ -472,6 +477,9 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
     if ctx.wants("presence-clients") {
         steps += 1;
     }
+    if ctx.wants("cluster") {
+        steps += 5;
+    }
     bar.set_length(steps);
     if nofile < s.connections as u64 + 1000 {
         crate::say(
@@ -514,7 +522,7 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
                         Target::Server { .. } => ctx.server(&[], &[], &name).await?,
                     };
                     let perf = ctx.perf_start(&name, proc.pid());
-                    let out = fanout::run(target, &proc, &p, bar).await;
+                    let out = fanout::run(target, &proc, &[], &p, bar).await;
                     ctx.perf_stop(&name, perf, r);
                     proc.stop();
                     out
@@ -654,7 +662,7 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         let res: Res<presence::PresenceResult> = async {
             let mut proc = ctx.server(&[], &[], "presence").await?;
             let perf = ctx.perf_start("presence", proc.pid());
-            let out = presence::run(&proc, s.presence, bar).await;
+            let out = presence::run(&proc, &[], s.presence, bar).await;
             ctx.perf_stop("presence", perf, r);
             proc.stop();
             out
@@ -737,6 +745,110 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
             ),
         );
         r.presence_clients = Some(fmt_err(res));
+        bar.inc(1);
+    }
+    if ctx.wants("cluster") {
+        run_cluster(ctx, &s, params(1, s.fan_1), r).await;
+    }
+}
+
+/// Fan-out 1 x N and presence with the clients spread over three nodes through Redis, against
+/// all of them on one node; the Redis hop alone is measured too (one node through Redis).
+async fn run_cluster(ctx: &Ctx, s: &Sizes, mut p: FanoutParams, r: &mut Results) {
+    let bar = &ctx.bar;
+    let redis = match cluster::Redis::start().await {
+        Ok(redis) => redis,
+        Err(e) => {
+            crate::say(bar, format!("cluster: skipped: {e}"));
+            r.cluster_fanout
+                .push(("cluster".into(), Err(format!("no Redis: {e}"))));
+            return;
+        }
+    };
+    let shape = format!("1x{}", s.fan_1);
+    for (i, (label, nodes, redis_on)) in [
+        ("1 node", 1usize, false),
+        ("1 node + Redis", 1, true),
+        ("3 nodes + Redis", 3, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!(
+            "cluster-fanout-{shape}-v2-{}",
+            label.replace([' ', '+'], "").to_lowercase()
+        );
+        bar.set_message(name.clone());
+        let res: Res<fanout::FanoutResult> = async {
+            let mut procs = Vec::new();
+            for n in 0..nodes {
+                let flags = if redis_on {
+                    redis.flags(&format!("bench-fan-{i}"))
+                } else {
+                    Vec::new()
+                };
+                procs.push(ctx.server(&flags, &[], &format!("{name}-{n}")).await?);
+            }
+            let spread: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+            let out = fanout::run(Target::Server { v2: true }, &procs[0], &spread, &p, bar).await;
+            for mut proc in procs {
+                proc.stop();
+            }
+            out
+        }
+        .await;
+        crate::say(
+            bar,
+            format!("{label}: {}", report::line_fanout(&name, &res)),
+        );
+        if let (0, Ok(first)) = (i, &res) {
+            // The same paced rate for all three: half of one node's saturated rate.
+            p.paced_rate = Some((first.deliveries_per_sec * 0.5) as u64);
+        }
+        r.cluster_fanout.push((label.to_owned(), fmt_err(res)));
+        bar.inc(1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (i, (label, nodes)) in [("1 node", 1usize), ("3 nodes + Redis", 3)]
+        .into_iter()
+        .enumerate()
+    {
+        bar.set_message(format!("cluster presence: {label}"));
+        let res: Res<presence::PresenceResult> = async {
+            let mut procs = Vec::new();
+            for n in 0..nodes {
+                let flags = if nodes > 1 {
+                    redis.flags(&format!("bench-presence-{i}"))
+                } else {
+                    Vec::new()
+                };
+                procs.push(
+                    ctx.server(&flags, &[], &format!("cluster-presence-{i}-{n}"))
+                        .await?,
+                );
+            }
+            let spread: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+            let out = presence::run(&procs[0], &spread, s.presence, bar).await;
+            for mut proc in procs {
+                proc.stop();
+            }
+            out
+        }
+        .await;
+        crate::say(
+            bar,
+            format!(
+                "cluster presence {label}: {}",
+                match &res {
+                    Ok(x) => format!(
+                        "{} clients, full state everywhere after {:.2} s",
+                        x.clients, x.full_state_secs
+                    ),
+                    Err(e) => format!("failed: {e}"),
+                }
+            ),
+        );
+        r.cluster_presence.push((label.to_owned(), fmt_err(res)));
         bar.inc(1);
     }
 }

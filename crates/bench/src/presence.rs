@@ -57,11 +57,22 @@ fn keys(v: &Value) -> impl Iterator<Item = &String> {
     v.as_object().into_iter().flat_map(|m| m.keys())
 }
 
-pub async fn run(proc: &Proc, n: usize, bar: &ProgressBar) -> Res<PresenceResult> {
+/// `spread`: the nodes of a cluster to spread the sockets over (empty: all on `proc`).
+pub async fn run(
+    proc: &Proc,
+    spread: &[String],
+    n: usize,
+    bar: &ProgressBar,
+) -> Res<PresenceResult> {
     bar.set_message(format!("presence: {n} sockets joining"));
-    let addr = proc.addr.clone();
+    let own = [proc.addr.clone()];
+    let addrs: Vec<String> = if spread.is_empty() {
+        own.to_vec()
+    } else {
+        spread.to_vec()
+    };
     let socks = bounded((0..n).collect::<Vec<_>>(), 128, |i| {
-        let addr = addr.clone();
+        let addr = addrs[i % addrs.len()].clone();
         async move { join(&addr, i).await }
     })
     .await;

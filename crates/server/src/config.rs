@@ -156,6 +156,10 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Cluster mode (`--redis-url` and its tuning).
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Config {
@@ -175,6 +179,7 @@ impl Config {
         config.addr = addr;
         config.jwt_secret = DEFAULT_JWT_SECRET.to_owned();
         config.database_url = None;
+        config.cluster.redis_url = None;
         config
     }
 

@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod cli;
+mod cluster;
 pub mod config;
 mod connection;
 mod database;
@@ -46,6 +47,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use cluster::ClusterConfig;
 pub use config::Config;
 
 use crate::postgres::{ChangeFeed, PostgresConfig};
@@ -65,6 +67,14 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::new());
+        // Cluster mode: the slot is read by the node holding its lease (cluster/slot.rs).
+        let slot = match config.cluster.redis_url.is_some() {
+            true => Some(
+                cluster::SlotReader::new(&config.cluster, &config.slot_name, shutdown.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            false => None,
+        };
         let feed = match &config.database_url {
             Some(url) => ChangeFeed::start_measured(
                 PostgresConfig {
@@ -76,6 +86,8 @@ impl Server {
                 },
                 shutdown.clone(),
                 metrics.clone(),
+                slot.clone()
+                    .map(|s| Arc::new(s) as Arc<dyn postgres::SlotGate>),
             ),
             None => ChangeFeed::disabled(),
         };
@@ -86,13 +98,25 @@ impl Server {
             ),
             None => None,
         };
-        let state = Arc::new(AppState::new(
-            config,
-            shutdown.clone(),
-            feed,
-            database.clone(),
-            metrics,
-        ));
+        let mut state = AppState::new(config, shutdown.clone(), feed, database.clone(), metrics);
+        if let Some(slot) = slot {
+            let (cluster, registry) = cluster::Cluster::start(
+                &state.config.cluster,
+                state.events.clone(),
+                state.presence_events.clone(),
+                state.users.clone(),
+                state.metrics.clone(),
+                slot,
+                shutdown.clone(),
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            if state.config.database_url.is_some() {
+                cluster.start_changes(state.feed.clone(), shutdown.clone());
+            }
+            state.registry = registry;
+            state.cluster = Some(cluster);
+        }
+        let state = Arc::new(state);
         if let Some(db) = database {
             tokio::spawn(database::broadcast_stream::run(
                 state.clone(),
@@ -106,7 +130,7 @@ impl Server {
             http::serve(listener, app, header_timeout, shutdown).await;
             Ok(())
         });
-        tracing::info!(%addr, database = state.config.database_url.is_some(), "listening on {addr}");
+        tracing::info!(%addr, database = state.config.database_url.is_some(), cluster = state.cluster.is_some(), "listening on {addr}");
         Ok(Server { addr, state, task })
     }
 
@@ -132,6 +156,9 @@ impl Server {
         let left = self.connection_count();
         if left > 0 {
             tracing::warn!(left, "shutdown timeout: connections still open");
+        }
+        if let Some(cluster) = &self.state.cluster {
+            cluster.flush().await;
         }
         self.task.abort();
         tracing::info!("server stopped");

@@ -3,6 +3,11 @@
 //! Upstream keys each entry by the channel's `presence.key` (or a generated id) and gives each
 //! meta a unique `phx_ref`. A second track with the same payload is a no-op; with another
 //! payload it is an update (the old meta leaves, the new one joins carrying `phx_ref_prev`).
+//!
+//! In cluster mode the tracker also holds the entries other nodes tracked, keyed by their
+//! `phx_ref` (unique per meta, so an update is simply a leave of the old ref and a join of the
+//! new one). They are part of the state a joiner gets, but not of [`PresenceTracker::is_empty`]:
+//! a topic with no local channel is released even while other nodes have presences in it.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +27,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct PresenceTracker {
     entries: BTreeMap<SubId, Entry>,
+    /// Entries of other nodes by `phx_ref`: (presence key, meta).
+    remote: BTreeMap<String, (String, Meta)>,
 }
 
 fn new_ref() -> String {
@@ -44,7 +51,56 @@ impl PresenceTracker {
         for e in self.entries.values() {
             state.entry(e.key.clone()).or_default().push(e.meta.clone());
         }
+        for (key, meta) in self.remote.values() {
+            state.entry(key.clone()).or_default().push(meta.clone());
+        }
         state
+    }
+
+    /// Apply what another node reported: `joins` (ref, key, meta) and `leaves` (refs). With
+    /// `replace`, every remote entry not in `joins` leaves (a full state from the cluster).
+    /// Entries already known with the same meta are no change; `None` when nothing changed.
+    pub(crate) fn apply_remote(
+        &mut self,
+        joins: Vec<(String, String, Meta)>,
+        leaves: &[String],
+        replace: bool,
+    ) -> Option<PresenceDiff> {
+        let mut diff = PresenceDiff::default();
+        if replace {
+            let keep: std::collections::HashSet<&str> =
+                joins.iter().map(|(r, _, _)| r.as_str()).collect();
+            let gone: Vec<String> = self
+                .remote
+                .keys()
+                .filter(|r| !keep.contains(r.as_str()))
+                .cloned()
+                .collect();
+            for r in gone {
+                if let Some((key, meta)) = self.remote.remove(&r) {
+                    diff.leaves.entry(key).or_default().push(meta);
+                }
+            }
+        }
+        for r in leaves {
+            if let Some((key, meta)) = self.remote.remove(r) {
+                diff.leaves.entry(key).or_default().push(meta);
+            }
+        }
+        for (r, key, meta) in joins {
+            if self
+                .remote
+                .get(&r)
+                .is_some_and(|(k, m)| *k == key && *m == meta)
+            {
+                continue;
+            }
+            if let Some((old_key, old)) = self.remote.insert(r, (key.clone(), meta.clone())) {
+                diff.leaves.entry(old_key).or_default().push(old);
+            }
+            diff.joins.entry(key).or_default().push(meta);
+        }
+        (!diff.joins.is_empty() || !diff.leaves.is_empty()).then_some(diff)
     }
 
     /// Track `payload` for `sub` under `key`. `None` when nothing changed.
@@ -97,6 +153,7 @@ impl PresenceTracker {
         })
     }
 
+    /// No local entries (remote ones do not keep a topic alive on this node).
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -127,5 +184,34 @@ mod tests {
         assert!(t.untrack(1).is_some());
         assert!(t.untrack(1).is_none());
         assert_eq!(t.state()["alice"].len(), 1);
+    }
+
+    #[test]
+    fn remote_entries_join_update_leave_and_replace() {
+        let mut t = PresenceTracker::default();
+        t.track(1, "local", map(json!({"n": 1})));
+        let m1 = map(json!({"s": "on", "phx_ref": "r1"}));
+        let d = t
+            .apply_remote(vec![("r1".into(), "bob".into(), m1.clone())], &[], false)
+            .unwrap();
+        assert_eq!(d.joins["bob"], vec![m1.clone()]);
+        assert!(
+            t.apply_remote(vec![("r1".into(), "bob".into(), m1.clone())], &[], false)
+                .is_none(),
+            "the same entry again is no change"
+        );
+        assert_eq!(t.state().len(), 2);
+        assert!(!t.is_empty());
+        t.untrack(1);
+        assert!(t.is_empty(), "remote entries do not keep the topic");
+        let m2 = map(json!({"s": "x", "phx_ref": "r2"}));
+        let d = t
+            .apply_remote(vec![("r2".into(), "carol".into(), m2.clone())], &[], true)
+            .unwrap();
+        assert_eq!(d.leaves["bob"], vec![m1]);
+        assert_eq!(d.joins["carol"], vec![m2]);
+        let d = t.apply_remote(vec![], &["r2".into()], false).unwrap();
+        assert!(d.leaves.contains_key("carol"));
+        assert!(t.state().is_empty());
     }
 }

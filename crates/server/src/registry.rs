@@ -4,6 +4,11 @@
 //! name in different rooms. Joining and leaving are O(1) map operations; fan-out walks the
 //! subscriber map under a read lock and only `try_send`s, so no lock is held across an await
 //! and no socket can slow another down.
+//!
+//! In cluster mode a [`TopicHooks`] implementation (the cluster module) is told when a topic
+//! opens and closes on this node and receives its broadcasts and presence changes; it delivers
+//! them back through [`Topic::broadcast_local`] and [`Topic::apply_remote_presence`]. Without
+//! hooks every call below runs the single-node path unchanged.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +33,24 @@ pub(crate) struct TopicKey {
     pub(crate) private: bool,
 }
 
+/// What a cluster needs to see of a topic's life on this node. Implemented by the cluster
+/// module; the registry never depends on it.
+pub(crate) trait TopicHooks: Send + Sync + std::fmt::Debug {
+    /// The topic has its first local channel (the node should start receiving it).
+    fn opened(&self, topic: &Arc<Topic>);
+    /// The topic has no local channel any more.
+    fn closed(&self, key: &TopicKey);
+    /// A broadcast made on this node, for every node (this one included) to deliver.
+    fn publish(&self, topic: &Topic, body: Body, exclude: Option<SubId>);
+    /// A presence change made on this node, for the other nodes.
+    fn presence(&self, topic: &Topic, diff: &PresenceDiff);
+}
+
 /// A joined channel as the topic sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriber {
+    /// The `ref` of its join, which a `phx_error` must carry to reach it.
+    pub(crate) join_ref: Option<String>,
     pub(crate) outbox: Outbox,
     pub(crate) control: mpsc::Sender<Control>,
     pub(crate) serializer: Serializer,
@@ -52,6 +72,7 @@ pub(crate) struct Topic {
     pub(crate) key: TopicKey,
     subs: RwLock<HashMap<SubId, Subscriber>>,
     presence: Mutex<PresenceTracker>,
+    hooks: Option<Arc<dyn TopicHooks>>,
     metrics: Arc<Metrics>,
 }
 
@@ -60,11 +81,12 @@ pub(crate) const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 pub(crate) const TOO_MANY_PRESENCE: &str = "Too many presence messages per second";
 
 impl Topic {
-    fn new(key: TopicKey, metrics: Arc<Metrics>) -> Self {
+    fn new(key: TopicKey, hooks: Option<Arc<dyn TopicHooks>>, metrics: Arc<Metrics>) -> Self {
         Topic {
             key,
             subs: RwLock::new(HashMap::new()),
             presence: Mutex::new(PresenceTracker::default()),
+            hooks,
             metrics,
         }
     }
@@ -96,6 +118,9 @@ impl Topic {
         self.subs.write().remove(&id);
         if let Some(diff) = diff {
             self.fan_out_presence(&diff, presence_limit);
+            if let Some(hooks) = &self.hooks {
+                hooks.presence(self, &diff);
+            }
         }
     }
 
@@ -108,8 +133,19 @@ impl Topic {
     }
 
     /// Fan a message out to every subscriber but `exclude`, counting deliveries against the
-    /// events limit `events` (REST: the tenant's). Returns how many subscribers got it.
-    pub(crate) fn broadcast(
+    /// events limit `events` (REST: the tenant's). In cluster mode it goes to every node, this
+    /// one included, through the cluster (which calls [`Topic::broadcast_local`]).
+    pub(crate) fn broadcast(&self, body: Body, exclude: Option<SubId>, events: &RateCounter) {
+        match &self.hooks {
+            Some(hooks) => hooks.publish(self, body, exclude),
+            None => {
+                self.broadcast_local(body, exclude, events);
+            }
+        }
+    }
+
+    /// Fan out to this node's subscribers only. Returns how many got it.
+    pub(crate) fn broadcast_local(
         &self,
         body: Body,
         exclude: Option<SubId>,
@@ -120,8 +156,50 @@ impl Topic {
 
     /// Fan out what a socket pushed: its own budget paid for the push, each receiver's pays
     /// for its delivery.
+    /// In cluster mode it goes to every node through the cluster, whose deliveries count
+    /// against the tenant's counter as well as each receiver's budget; returns 0 then.
     pub(crate) fn broadcast_from_client(&self, body: Body, exclude: Option<SubId>) -> usize {
-        self.deliver(body, None, |id, _| Some(id) != exclude)
+        match &self.hooks {
+            Some(hooks) => {
+                hooks.publish(self, body, exclude);
+                0
+            }
+            None => self.deliver(body, None, |id, _| Some(id) != exclude),
+        }
+    }
+
+    /// Send `phx_error` to every local channel: the cluster lost messages of this topic that
+    /// cannot be recovered, so the clients rejoin rather than live with a silent gap.
+    pub(crate) fn error_all(&self) -> usize {
+        let subs = self.subs.read();
+        let topic = self.wire_topic();
+        for sub in subs.values() {
+            let m = Message::new(
+                sub.join_ref.clone(),
+                sub.join_ref.clone(),
+                topic.clone(),
+                event::PHX_ERROR,
+                serde_json::json!({}),
+            );
+            sub.outbox.send(crate::fanout::to_ws(
+                sub.serializer.encode_server_message(&m),
+            ));
+        }
+        subs.len()
+    }
+
+    /// Apply presence reported by other nodes and fan out the resulting diff.
+    pub(crate) fn apply_remote_presence(
+        &self,
+        presence_limit: &RateCounter,
+        joins: Vec<(String, String, supa_realtime_protocol::presence::Meta)>,
+        leaves: &[String],
+        replace: bool,
+    ) {
+        let mut presence = self.presence.lock();
+        if let Some(diff) = presence.apply_remote(joins, leaves, replace) {
+            self.fan_out_presence(&diff, presence_limit);
+        }
     }
 
     /// Fan out a message stored in the database (`id`), skipping subscribers that already got
@@ -193,6 +271,9 @@ impl Topic {
         let mut presence = self.presence.lock();
         if let Some(diff) = change(&mut presence) {
             self.fan_out_presence(&diff, presence_limit);
+            if let Some(hooks) = &self.hooks {
+                hooks.presence(self, &diff);
+            }
         }
     }
 
@@ -237,6 +318,7 @@ fn close_channel(id: SubId, sub: &Subscriber, message: &'static str) -> bool {
 #[derive(Debug)]
 pub(crate) struct Registry {
     topics: RwLock<HashMap<TopicKey, Arc<Topic>>>,
+    hooks: Option<Arc<dyn TopicHooks>>,
     metrics: Arc<Metrics>,
 }
 
@@ -244,6 +326,16 @@ impl Registry {
     pub(crate) fn new(metrics: Arc<Metrics>) -> Registry {
         Registry {
             topics: RwLock::new(HashMap::new()),
+            hooks: None,
+            metrics,
+        }
+    }
+
+    /// A registry whose topics report to `hooks` (cluster mode).
+    pub(crate) fn with_hooks(hooks: Arc<dyn TopicHooks>, metrics: Arc<Metrics>) -> Self {
+        Registry {
+            topics: RwLock::new(HashMap::new()),
+            hooks: Some(hooks),
             metrics,
         }
     }
@@ -260,7 +352,18 @@ impl Registry {
         let mut topics = self.topics.write();
         let t = topics
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Topic::new(key.clone(), self.metrics.clone())))
+            .or_insert_with(|| {
+                let t = Arc::new(Topic::new(
+                    key.clone(),
+                    self.hooks.clone(),
+                    self.metrics.clone(),
+                ));
+                // Under the write lock, so opened/closed reach the hooks in order.
+                if let Some(hooks) = &self.hooks {
+                    hooks.opened(&t);
+                }
+                t
+            })
             .clone();
         let topics = parking_lot::RwLockWriteGuard::downgrade(topics);
         let r = f(&t);
@@ -278,6 +381,9 @@ impl Registry {
         let mut topics = self.topics.write();
         if topics.get(key).is_some_and(|t| t.is_empty()) {
             topics.remove(key);
+            if let Some(hooks) = &self.hooks {
+                hooks.closed(key);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::JwtVerifier;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::database::Database;
 use crate::limits::RateCounter;
@@ -17,18 +18,18 @@ use crate::registry::Registry;
 pub(crate) struct AppState {
     pub(crate) config: Config,
     pub(crate) jwt: JwtVerifier,
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<Registry>,
     /// REST and database broadcasts and their deliveries (`max_events_per_second`); each
     /// socket's own pushes and deliveries count against its own budget instead.
-    pub(crate) events: RateCounter,
+    pub(crate) events: Arc<RateCounter>,
     /// Channel joins (`max_joins_per_second`).
     pub(crate) joins: RateCounter,
     /// postgres_changes deliveries (`max_db_events_per_second`), when limited.
     pub(crate) db_events: Option<Arc<RateCounter>>,
     /// Presence tracks and diff deliveries (`max_presence_events_per_second`).
-    pub(crate) presence_events: RateCounter,
+    pub(crate) presence_events: Arc<RateCounter>,
     /// Connections that have at least one channel (`max_concurrent_users`).
-    pub(crate) users: AtomicUsize,
+    pub(crate) users: Arc<AtomicUsize>,
     /// Open WebSocket connections.
     pub(crate) connections: AtomicUsize,
     next_conn: AtomicU64,
@@ -36,6 +37,8 @@ pub(crate) struct AppState {
     pub(crate) feed: Arc<ChangeFeed>,
     /// The project database, when one is configured (private channels, database broadcast).
     pub(crate) database: Option<Arc<Database>>,
+    /// Cluster mode (`--redis-url`); `None` runs everything on this node alone.
+    pub(crate) cluster: Option<Cluster>,
     /// Prometheus metrics (`GET /metrics`).
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -50,18 +53,19 @@ impl AppState {
     ) -> Self {
         AppState {
             jwt: JwtVerifier::new(&config.jwt_secret),
-            registry: Registry::new(metrics.clone()),
-            events: RateCounter::new(config.max_events_per_second),
+            registry: Arc::new(Registry::new(metrics.clone())),
+            events: Arc::new(RateCounter::new(config.max_events_per_second)),
             joins: RateCounter::new(config.max_joins_per_second),
-            presence_events: RateCounter::new(config.max_presence_events_per_second),
+            presence_events: Arc::new(RateCounter::new(config.max_presence_events_per_second)),
             db_events: (config.max_db_events_per_second > 0)
                 .then(|| Arc::new(RateCounter::new(config.max_db_events_per_second))),
-            users: AtomicUsize::new(0),
+            users: Arc::new(AtomicUsize::new(0)),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             shutdown,
             feed,
             database,
+            cluster: None,
             metrics,
             config,
         }

@@ -77,8 +77,15 @@ impl Connection {
             return Err(Refusal::Reply(PRIVATE_ONLY.into()));
         }
 
-        if self.channels.is_empty()
-            && state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users
+        let admitted = match &state.cluster {
+            Some(cluster) if self.channels.is_empty() => {
+                cluster.admit_user(state.config.max_concurrent_users).await
+            }
+            _ => true,
+        };
+        if !admitted
+            || (self.channels.is_empty()
+                && state.users.load(Ordering::SeqCst) >= state.config.max_concurrent_users)
         {
             return Err(Refusal::Reply(
                 "ConnectionRateLimitReached: Too many connected users".into(),
@@ -162,6 +169,7 @@ impl Connection {
             .filter_map(|stored| replay_frame(self.serializer, &m.topic, stored))
             .collect();
         let subscriber = Subscriber {
+            join_ref: m.join_ref.clone(),
             outbox: self.outbox.clone(),
             control: self.control.clone(),
             serializer: self.serializer,
@@ -184,6 +192,9 @@ impl Connection {
         let join_ref = m.join_ref.clone();
         let presence_enabled = config.presence_enabled && access.presence;
         let presence_read_checked = !config.private || config.presence_enabled;
+        if let Some(cluster) = &state.cluster {
+            cluster.prepare_topic(&state.registry, &key).await;
+        }
         let topic = state.registry.with_topic(&key, |topic| {
             topic.add(sub, subscriber, |presence| {
                 outbox.reply(to_ws(serializer.encode_server_message(&reply)));
@@ -344,12 +355,18 @@ impl Connection {
             }
         });
         let sink = self.limit_db_events(sink, name);
-        self.state.feed.subscribe(SubscribeRequest {
+        let request = SubscribeRequest {
             topic: name.to_owned(),
             claims: Value::Object(claims.raw.clone()),
             bindings,
             sink,
-        })
+        };
+        // cluster mode: shared so the slot's reader (maybe another node) checks it too
+        let request = match &self.state.cluster {
+            Some(cluster) => cluster.share_postgres(request, self.id),
+            None => request,
+        };
+        self.state.feed.subscribe(request)
     }
 
     /// Schedule the next token check of `topic` at `min(5 min, exp − now)`.

@@ -272,6 +272,9 @@ impl Connection {
         };
         if let Some(pg) = &channel.postgres {
             pg.update_claims(Value::Object(claims.raw.clone()));
+            if let Some(cluster) = &self.state.cluster {
+                cluster.postgres_claims(self.id, &m.topic, Value::Object(claims.raw.clone()));
+            }
         }
         if let Some(access) = access {
             channel.access = access;

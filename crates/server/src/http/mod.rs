@@ -79,5 +79,6 @@ async fn health(
         "connections": state.connections.load(Ordering::SeqCst),
         "database": database,
         "postgres_changes": state.database.as_ref().map(|_| state.feed.status()),
+        "cluster": state.cluster.as_ref().map(|c| c.status()),
     }))
 }

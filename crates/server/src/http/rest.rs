@@ -144,9 +144,6 @@ pub(super) async fn broadcast_batch(
             name: topic,
             private,
         };
-        let Some(t) = state.registry.get(&key) else {
-            continue;
-        };
         let mut body = Map::new();
         body.insert("type".into(), Value::from("broadcast"));
         body.insert("event".into(), Value::from(event_name));
@@ -154,17 +151,39 @@ pub(super) async fn broadcast_batch(
         if let Some(id) = id.filter(|v| !v.is_null()) {
             body.insert("meta".into(), json!({"id": id}));
         }
-        t.broadcast(
-            Body::Json(Message::fanout(
-                t.wire_topic(),
-                event::BROADCAST,
-                Value::Object(body),
-            )),
-            None,
-            &state.events,
-        );
+        let body = Body::Json(Message::fanout(
+            format!("{TOPIC_PREFIX}{}", key.name),
+            event::BROADCAST,
+            Value::Object(body),
+        ));
+        if let Some(r) = deliver(&state, &key, body).await {
+            return r;
+        }
     }
     StatusCode::ACCEPTED.into_response()
+}
+
+/// Deliver a REST broadcast: on this node, or in cluster mode to every node through Redis
+/// (an error response when Redis cannot take it, never a 202 that hides the loss).
+async fn deliver(state: &AppState, key: &TopicKey, body: Body) -> Option<Response> {
+    match &state.cluster {
+        Some(cluster) => match cluster.publish_confirmed(key, &body).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %key.name, "REST broadcast not accepted");
+                Some(message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Realtime cluster unreachable, the broadcast was not sent",
+                ))
+            }
+        },
+        None => {
+            if let Some(t) = state.registry.get(key) {
+                t.broadcast(body, None, &state.events);
+            }
+            None
+        }
+    }
 }
 
 fn unprocessable(errors: Value) -> Response {
@@ -228,22 +247,20 @@ pub(super) async fn broadcast_single(
         return r;
     }
     state.events.add(1);
-    if let Some(t) = state.registry.get(&TopicKey {
+    let key = TopicKey {
         name: topic.clone(),
         private,
-    }) {
-        t.broadcast(
-            Body::User(UserBroadcast {
-                join_ref: None,
-                msg_ref: None,
-                topic: format!("{TOPIC_PREFIX}{topic}"),
-                event: event_name,
-                metadata: None,
-                payload,
-            }),
-            None,
-            &state.events,
-        );
+    };
+    let body = Body::User(UserBroadcast {
+        join_ref: None,
+        msg_ref: None,
+        topic: format!("{TOPIC_PREFIX}{topic}"),
+        event: event_name,
+        metadata: None,
+        payload,
+    });
+    if let Some(r) = deliver(&state, &key, body).await {
+        return r;
     }
     StatusCode::ACCEPTED.into_response()
 }

@@ -179,6 +179,8 @@ pub(crate) struct Prepared {
     too_large: bool,
     roles: HashMap<String, Arc<HashSet<String>>>,
     matched: Vec<Matched>,
+    /// Where the change stands in the stream (set by the feed).
+    pub(crate) position: super::ChangePosition,
 }
 
 /// Match one change against the subscriptions. `None` when no channel wants it. RLS checks it
@@ -305,6 +307,7 @@ pub(crate) async fn prepare(
         too_large,
         roles,
         matched,
+        position: (0, 0),
     }))
 }
 
@@ -384,7 +387,9 @@ impl Prepared {
                 };
                 let frame = frames
                     .entry((outcome, m.entry.topic.as_str(), ids))
-                    .or_insert_with_key(|(_, topic, ids)| ChangeFrame::new(topic, ids, &data))
+                    .or_insert_with_key(|(_, topic, ids)| {
+                        ChangeFrame::new(topic, ids, &data, self.position)
+                    })
                     .clone();
                 m.entry.send(FeedEvent::Change(frame));
                 deliveries += 1;

@@ -23,6 +23,9 @@ pub enum FeedError {
     /// Setting up the publication or the slot failed.
     #[error("setup: {0}")]
     Setup(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Cluster mode: this node no longer holds the slot's lease (another node reads it).
+    #[error("the replication slot's cluster lease was lost")]
+    SlotLeaseLost,
 }
 
 impl From<ReplError> for FeedError {

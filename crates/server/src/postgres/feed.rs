@@ -50,6 +50,20 @@ use crate::replication::{format_lsn, ConnParams, ReplError, ReplicationConnectio
 /// database it cannot connect to).
 pub(crate) const DB_UNAVAILABLE: &str = "Realtime was unable to connect to the project database";
 
+/// Who may stream the slot (cluster mode: one node of the cluster at a time). Without a gate
+/// the feed streams whenever it is connected.
+pub(crate) trait SlotGate: Send + Sync {
+    /// Wait until this node may read the slot. The token is cancelled when it may no longer
+    /// (the session then ends and waits here again).
+    fn acquire(&self) -> BoxFuture<'static, CancellationToken>;
+    /// Wait until everything handed to the sinks so far is safe on its way to the other nodes:
+    /// called before a position is confirmed, so a reader that dies never confirms what the
+    /// other nodes did not get.
+    fn flushed(&self) -> BoxFuture<'static, ()>;
+    /// The session failed (the database is unreachable from here): let another node read.
+    fn release(&self);
+}
+
 /// Where the feed stands.
 #[derive(Clone)]
 pub(crate) enum Phase {
@@ -89,10 +103,15 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     status: Mutex<StatusInfo>,
     started: Instant,
+    gate: Option<Arc<dyn SlotGate>>,
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: PostgresConfig, metrics: Arc<Metrics>) -> Arc<Shared> {
+    pub(crate) fn new(
+        cfg: PostgresConfig,
+        metrics: Arc<Metrics>,
+        gate: Option<Arc<dyn SlotGate>>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             cfg,
             registry: RwLock::new(Registry::default()),
@@ -103,6 +122,7 @@ impl Shared {
             metrics,
             status: Mutex::new(StatusInfo::default()),
             started: Instant::now(),
+            gate,
         })
     }
 
@@ -111,6 +131,8 @@ impl Shared {
         let phase = match &*self.phase.lock() {
             Phase::Starting => "starting",
             Phase::Up(_) if st.streaming => "streaming",
+            // cluster mode: another node holds the slot's lease
+            Phase::Up(_) if self.gate.is_some() => "standby",
             Phase::Up(_) => "connected",
             Phase::Down => "down",
         };
@@ -237,6 +259,15 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             tracing::info!("postgres_changes feed stopped");
             return;
         }
+        if let Err(FeedError::SlotLeaseLost) = result {
+            // Not a database fault: the channels are not told; the session waits for the
+            // lease again with its subscriptions as they are.
+            shared.status.lock().streaming = false;
+            continue;
+        }
+        if let Some(gate) = &shared.gate {
+            gate.release();
+        }
         let err = match result {
             Ok(()) => "replication stream ended".to_string(),
             Err(e) => e.to_string(),
@@ -322,6 +353,16 @@ async fn session(
         }
     }
     *first = false;
+    // Cluster mode: only the lease holder streams; the others keep their subscriptions
+    // compiled and wait here, ready to take over from the slot's confirmed position.
+    let lease = match &shared.gate {
+        Some(gate) => Some(tokio::select! {
+            lost = gate.acquire() => lost,
+            () = shutdown.cancelled() => return Ok(()),
+        }),
+        None => None,
+    };
+    let lease_lost = lease.clone().unwrap_or_default();
 
     // START_REPLICATION from what was delivered, not from the slot's position: the slot's
     // confirmed position is only written to disk at checkpoints, so after a database restart
@@ -355,6 +396,8 @@ async fn session(
     let mut skipping = false;
     let mut commit_ts: i64 = 0;
     let mut xid: u32 = 0;
+    // the change's position: its transaction's commit LSN and its ordinal in it
+    let mut position: (u64, u32) = (0, 0);
     let mut building = Batch::default();
     let mut inflight: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -375,6 +418,7 @@ async fn session(
                 let _ = stream.tick().await;
                 return Ok(());
             }
+            () = lease_lost.cancelled(), if lease.is_some() => return Err(FeedError::SlotLeaseLost),
             Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
                 free.push(checker);
                 let answers = answers?;
@@ -392,6 +436,9 @@ async fn session(
                     st.deliveries += n as u64;
                 }
                 if let Some(end_lsn) = batch.commit_end {
+                    if let Some(gate) = &shared.gate {
+                        gate.flushed().await;
+                    }
                     shared.delivered_lsn.fetch_max(end_lsn, Ordering::AcqRel);
                     // every change up to this commit is in the sinks: confirm now, so a crash
                     // right after does not replay it
@@ -426,6 +473,7 @@ async fn session(
                                 in_txn = true;
                                 commit_ts = ts;
                                 xid = x;
+                                position = (final_lsn, 0);
                                 // Already delivered before a reconnect (the slot's position on
                                 // disk can lag behind what was confirmed, e.g. across a database
                                 // restart): not again.
@@ -453,17 +501,20 @@ async fn session(
                             }
                             _ if skipping => {}
                             Message::Insert { rel, new } => {
-                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                position.1 += 1;
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid, position };
                                 ctx.prepare(&mut cache, &mut building, rel, Action::Insert, Some(&new), None, true).await?;
                             }
                             Message::Update { rel, old, new } => {
+                                position.1 += 1;
                                 let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid, position };
                                 ctx.prepare(&mut cache, &mut building, rel, Action::Update, Some(&new), old.as_deref(), key_only).await?;
                             }
                             Message::Delete { rel, old } => {
+                                position.1 += 1;
                                 let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid };
+                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid, position };
                                 ctx.prepare(&mut cache, &mut building, rel, Action::Delete, None, Some(&old), key_only).await?;
                             }
                             Message::Other => {}
@@ -518,6 +569,7 @@ struct Ctx<'a> {
     relations: &'a HashMap<u32, (Relation, Option<Arc<TableInfo>>)>,
     commit_ts: i64,
     xid: u32,
+    position: (u64, u32),
 }
 
 impl Ctx<'_> {
@@ -554,7 +606,8 @@ impl Ctx<'_> {
             self.xid,
         )
         .await?;
-        if let Some(p) = prepared {
+        if let Some(mut p) = prepared {
+            p.position = self.position;
             batch.items.push(p);
         }
         Ok(())

@@ -38,6 +38,8 @@ mod subscribe;
 use supa_realtime_protocol::pg_types as types;
 
 use crate::fanout::{Body, Encoded};
+pub(crate) use feed::SlotGate;
+
 use crate::metrics::Metrics;
 pub use error::FeedError;
 use registry::{Claims, SubEntry, SubState};
@@ -100,22 +102,61 @@ pub enum FeedEvent {
 /// channel of that topic that gets the same change with the same ids: it goes through the
 /// fan-out's encode-once cell, so it is serialized once per serializer, not once per channel.
 #[derive(Debug, Clone)]
-pub struct ChangeFrame(Arc<Encoded>);
+pub struct ChangeFrame(Arc<Encoded>, ChangePosition);
+
+/// Where a change stands in the slot's stream: the commit LSN of its transaction and its
+/// ordinal among the transaction's changes. The same on every reader of the WAL, and
+/// increasing along the stream, so a receiver can drop what a new reader sends again.
+/// `(0, 0)`: unknown.
+pub(crate) type ChangePosition = (u64, u32);
 
 impl ChangeFrame {
+    /// A message made elsewhere (another cluster node's reader): `payload` is its JSON text.
+    pub(crate) fn from_raw(wire_topic: String, payload: String, at: ChangePosition) -> Self {
+        ChangeFrame(
+            Arc::new(Encoded::new(Body::Raw {
+                topic: wire_topic,
+                event: supa_realtime_protocol::event::POSTGRES_CHANGES,
+                payload,
+            })),
+            at,
+        )
+    }
+
+    /// The wire topic and JSON text of the payload.
+    pub(crate) fn raw(&self) -> Option<(&str, &str)> {
+        match self.0.body() {
+            Body::Raw { topic, payload, .. } => Some((topic, payload)),
+            _ => None,
+        }
+    }
+
+    /// Where the change stands in the stream.
+    pub(crate) fn position(&self) -> ChangePosition {
+        self.1
+    }
+
     /// The message for `topic` (the sub-topic), ids and data.
-    pub(crate) fn new(topic: &str, ids: &[u32], data: &ChangeData) -> ChangeFrame {
+    pub(crate) fn new(
+        topic: &str,
+        ids: &[u32],
+        data: &ChangeData,
+        at: ChangePosition,
+    ) -> ChangeFrame {
         // Keys in upstream's (sorted) order: data, ids.
         let payload = format!(
             "{{\"data\":{},\"ids\":{}}}",
             data.json(),
             Value::from(ids.to_vec())
         );
-        ChangeFrame(Arc::new(Encoded::new(Body::Raw {
-            topic: format!("{}{topic}", supa_realtime_protocol::TOPIC_PREFIX),
-            event: supa_realtime_protocol::event::POSTGRES_CHANGES,
-            payload,
-        })))
+        ChangeFrame(
+            Arc::new(Encoded::new(Body::Raw {
+                topic: format!("{}{topic}", supa_realtime_protocol::TOPIC_PREFIX),
+                event: supa_realtime_protocol::event::POSTGRES_CHANGES,
+                payload,
+            })),
+            at,
+        )
     }
 
     /// The frame for a socket using `serializer`.
@@ -196,16 +237,18 @@ pub const NO_DATABASE_MESSAGE: &str = feed::DB_UNAVAILABLE;
 impl ChangeFeed {
     /// Start streaming from the database in the background.
     pub fn start(config: PostgresConfig, shutdown: CancellationToken) -> Arc<ChangeFeed> {
-        Self::start_measured(config, shutdown, Arc::new(Metrics::new()))
+        Self::start_measured(config, shutdown, Arc::new(Metrics::new()), None)
     }
 
-    /// [`ChangeFeed::start`], counting into the server's metrics.
+    /// [`ChangeFeed::start`], counting into the server's metrics; with a `gate` (cluster mode)
+    /// the slot is streamed only while the gate grants it.
     pub(crate) fn start_measured(
         config: PostgresConfig,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
+        gate: Option<Arc<dyn SlotGate>>,
     ) -> Arc<ChangeFeed> {
-        let shared = feed::Shared::new(config, metrics);
+        let shared = feed::Shared::new(config, metrics, gate);
         tokio::spawn(feed::run(shared.clone(), shutdown));
         Arc::new(ChangeFeed {
             shared: Some(shared),

@@ -5,6 +5,7 @@
 
 pub mod pg_server;
 pub mod postgres;
+pub mod redis;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
