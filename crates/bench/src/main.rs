@@ -643,16 +643,16 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         bar.set_message("postgres_changes");
         if let Some(reference) = ctx.cli.pg_reference_bin.clone() {
             // the same scenario against another build (e.g. the previous release), first
-            let res = run_postgres(ctx, &reference, &s, r, bar).await;
+            let res = pg::scenario(ctx, &reference, &s, r, bar).await;
             crate::say(
                 bar,
-                format!("postgres (reference build): {}", pg_summary(&res)),
+                format!("postgres (reference build): {}", pg::summary(&res)),
             );
             r.pg_reference = Some(res);
         }
         let bin = ctx.cli.server_bin.clone();
-        let res = run_postgres(ctx, &bin, &s, r, bar).await;
-        crate::say(bar, format!("postgres: {}", pg_summary(&res)));
+        let res = pg::scenario(ctx, &bin, &s, r, bar).await;
+        crate::say(bar, format!("postgres: {}", pg::summary(&res)));
         r.pg = Some(res);
         bar.inc(1);
     }
@@ -748,175 +748,6 @@ async fn run_all(ctx: &Ctx, r: &mut Results, nofile: u64) {
         bar.inc(1);
     }
     if ctx.wants("cluster") {
-        run_cluster(ctx, &s, params(1, s.fan_1), r).await;
+        cluster::run(ctx, &s, params(1, s.fan_1), r).await;
     }
-}
-
-/// Fan-out 1 x N and presence with the clients spread over three nodes through Redis, against
-/// all of them on one node; the Redis hop alone is measured too (one node through Redis).
-async fn run_cluster(ctx: &Ctx, s: &Sizes, mut p: FanoutParams, r: &mut Results) {
-    let bar = &ctx.bar;
-    let redis = match cluster::Redis::start().await {
-        Ok(redis) => redis,
-        Err(e) => {
-            crate::say(bar, format!("cluster: skipped: {e}"));
-            r.cluster_fanout
-                .push(("cluster".into(), Err(format!("no Redis: {e}"))));
-            return;
-        }
-    };
-    let shape = format!("1x{}", s.fan_1);
-    for (i, (label, nodes, redis_on)) in [
-        ("1 node", 1usize, false),
-        ("1 node + Redis", 1, true),
-        ("3 nodes + Redis", 3, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let name = format!(
-            "cluster-fanout-{shape}-v2-{}",
-            label.replace([' ', '+'], "").to_lowercase()
-        );
-        bar.set_message(name.clone());
-        let res: Res<fanout::FanoutResult> = async {
-            let mut procs = Vec::new();
-            for n in 0..nodes {
-                let flags = if redis_on {
-                    redis.flags(&format!("bench-fan-{i}"))
-                } else {
-                    Vec::new()
-                };
-                procs.push(ctx.server(&flags, &[], &format!("{name}-{n}")).await?);
-            }
-            let spread: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
-            let out = fanout::run(Target::Server { v2: true }, &procs[0], &spread, &p, bar).await;
-            for mut proc in procs {
-                proc.stop();
-            }
-            out
-        }
-        .await;
-        crate::say(
-            bar,
-            format!("{label}: {}", report::line_fanout(&name, &res)),
-        );
-        if let (0, Ok(first)) = (i, &res) {
-            // The same paced rate for all three: half of one node's saturated rate.
-            p.paced_rate = Some((first.deliveries_per_sec * 0.5) as u64);
-        }
-        r.cluster_fanout.push((label.to_owned(), fmt_err(res)));
-        bar.inc(1);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    for (i, (label, nodes)) in [("1 node", 1usize), ("3 nodes + Redis", 3)]
-        .into_iter()
-        .enumerate()
-    {
-        bar.set_message(format!("cluster presence: {label}"));
-        let res: Res<presence::PresenceResult> = async {
-            let mut procs = Vec::new();
-            for n in 0..nodes {
-                let flags = if nodes > 1 {
-                    redis.flags(&format!("bench-presence-{i}"))
-                } else {
-                    Vec::new()
-                };
-                procs.push(
-                    ctx.server(&flags, &[], &format!("cluster-presence-{i}-{n}"))
-                        .await?,
-                );
-            }
-            let spread: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
-            let out = presence::run(&procs[0], &spread, s.presence, bar).await;
-            for mut proc in procs {
-                proc.stop();
-            }
-            out
-        }
-        .await;
-        crate::say(
-            bar,
-            format!(
-                "cluster presence {label}: {}",
-                match &res {
-                    Ok(x) => format!(
-                        "{} clients, full state everywhere after {:.2} s",
-                        x.clients, x.full_state_secs
-                    ),
-                    Err(e) => format!("failed: {e}"),
-                }
-            ),
-        );
-        r.cluster_presence.push((label.to_owned(), fmt_err(res)));
-        bar.inc(1);
-    }
-}
-
-fn pg_summary(r: &Result<pg::PgResult, String>) -> String {
-    match r {
-        Ok(p) => format!(
-            "commit->callback p50 {:.2} ms p99 {:.2} ms; {:.0} changes/s; paced {:.0}/s p99 {:.2} ms; realtime.send p50 {:.2} ms",
-            p.latency.p50, p.latency.p99, p.changes_per_sec, p.paced_rate, p.paced_latency.p99, p.dbb_latency.p50
-        ),
-        Err(e) => format!("failed: {e}"),
-    }
-}
-
-/// The postgres_changes / database broadcast scenario against the server binary `bin`.
-async fn run_postgres(
-    ctx: &Ctx,
-    bin: &std::path::Path,
-    s: &Sizes,
-    r: &mut Results,
-    bar: &ProgressBar,
-) -> Result<pg::PgResult, String> {
-    let Some(url) = &ctx.cli.database_url else {
-        return Err("n/a (no DATABASE_URL: start one with scripts/postgres.sh)".into());
-    };
-    let res: Res<pg::PgResult> = async {
-        let slot = format!("bench_slot_{}", std::process::id());
-        let publication = "bench_pub";
-        pg::prepare(url, publication).await?;
-        let mut proc = ctx
-            .server_from(
-                bin,
-                &[
-                    "--database-url".into(),
-                    url.clone(),
-                    "--slot-name".into(),
-                    slot.clone(),
-                    "--publication".into(),
-                    publication.into(),
-                ],
-                &[("REALTIME_PG_RESUME_GRACE_MS", "0".into())],
-                "postgres",
-            )
-            .await?;
-        pg::wait_healthy(&proc.addr).await?;
-        pg::policy(url).await?;
-        let perf = ctx.perf_start("postgres", proc.pid());
-        let out = pg::run(&proc, url, s.pg_latency, s.pg_changes, s.pg_subs, bar).await;
-        ctx.perf_stop("postgres", perf, r);
-        proc.stop();
-        let cleanup = std::process::Command::new(bin)
-            .args([
-                "cleanup-postgres",
-                "--database-url",
-                url,
-                "--slot-name",
-                &slot,
-                "--publication",
-                publication,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !matches!(cleanup, Ok(st) if st.success()) {
-            crate::say(bar, format!("warning: could not drop slot {slot}"));
-        }
-        out
-    }
-    .await;
-    fmt_err(res)
 }

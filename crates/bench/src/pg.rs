@@ -21,6 +21,7 @@ use supa_realtime::{
 };
 
 use crate::common::*;
+use crate::{fmt_err, Ctx, Results, Sizes};
 
 pub const TABLE: &str = "bench_pc";
 
@@ -395,4 +396,73 @@ pub async fn run(
     res.dbb_samples = lat;
     cl.disconnect().await;
     Ok(res)
+}
+
+/// One line for the progress output.
+pub(crate) fn summary(r: &Result<PgResult, String>) -> String {
+    match r {
+        Ok(p) => format!(
+            "commit->callback p50 {:.2} ms p99 {:.2} ms; {:.0} changes/s; paced {:.0}/s p99 {:.2} ms; realtime.send p50 {:.2} ms",
+            p.latency.p50, p.latency.p99, p.changes_per_sec, p.paced_rate, p.paced_latency.p99, p.dbb_latency.p50
+        ),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// The postgres_changes / database broadcast scenario against the server binary `bin`.
+pub(crate) async fn scenario(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    s: &Sizes,
+    r: &mut Results,
+    bar: &ProgressBar,
+) -> Result<PgResult, String> {
+    let Some(url) = &ctx.cli.database_url else {
+        return Err("n/a (no DATABASE_URL: start one with scripts/postgres.sh)".into());
+    };
+    let res: Res<PgResult> = async {
+        let slot = format!("bench_slot_{}", std::process::id());
+        let publication = "bench_pub";
+        prepare(url, publication).await?;
+        let mut proc = ctx
+            .server_from(
+                bin,
+                &[
+                    "--database-url".into(),
+                    url.clone(),
+                    "--slot-name".into(),
+                    slot.clone(),
+                    "--publication".into(),
+                    publication.into(),
+                ],
+                &[("REALTIME_PG_RESUME_GRACE_MS", "0".into())],
+                "postgres",
+            )
+            .await?;
+        wait_healthy(&proc.addr).await?;
+        policy(url).await?;
+        let perf = ctx.perf_start("postgres", proc.pid());
+        let out = run(&proc, url, s.pg_latency, s.pg_changes, s.pg_subs, bar).await;
+        ctx.perf_stop("postgres", perf, r);
+        proc.stop();
+        let cleanup = std::process::Command::new(bin)
+            .args([
+                "cleanup-postgres",
+                "--database-url",
+                url,
+                "--slot-name",
+                &slot,
+                "--publication",
+                publication,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(cleanup, Ok(st) if st.success()) {
+            crate::say(bar, format!("warning: could not drop slot {slot}"));
+        }
+        out
+    }
+    .await;
+    fmt_err(res)
 }
