@@ -14,6 +14,57 @@ use crate::errors::to_pyerr;
 use crate::options::client_options;
 use crate::runtime::wait;
 
+/// What both faces take, converted while the GIL is held.
+struct Request {
+    url: String,
+    apikey: String,
+    token: Option<String>,
+    name: String,
+    event: String,
+    payload: supa_realtime::BroadcastPayload,
+    private: bool,
+    options: supa_realtime::ClientOptions,
+}
+
+impl Request {
+    async fn send(self) -> supa_realtime::Result<()> {
+        supa_realtime::rest::broadcast(
+            &self.url,
+            &self.apikey,
+            self.token.as_deref(),
+            &self.name,
+            &self.event,
+            self.payload,
+            self.private,
+            &self.options,
+        )
+        .await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn request(
+    url: String,
+    apikey: String,
+    token: Option<String>,
+    name: String,
+    event: String,
+    payload: &Bound<'_, PyAny>,
+    private: bool,
+    options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Request> {
+    Ok(Request {
+        url,
+        apikey,
+        token,
+        name,
+        event,
+        payload: payload_from_py(payload)?,
+        private,
+        options: client_options(options)?,
+    })
+}
+
 /// Broadcast `payload` as `event` on channel `name` through `url`'s REST endpoint; waits for
 /// the server's 202 (the GIL released).
 #[pyfunction]
@@ -30,22 +81,8 @@ pub(crate) fn rest_broadcast(
     private: bool,
     options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<()> {
-    let p = payload_from_py(payload)?;
-    let opts = client_options(options)?;
-    wait(py, async move {
-        supa_realtime::rest::broadcast(
-            &url,
-            &apikey,
-            token.as_deref(),
-            &name,
-            &event,
-            p,
-            private,
-            &opts,
-        )
-        .await
-    })?
-    .map_err(to_pyerr)
+    let req = request(url, apikey, token, name, event, payload, private, options)?;
+    wait(py, req.send())?.map_err(to_pyerr)
 }
 
 /// [`rest_broadcast`] as an awaitable.
@@ -63,19 +100,6 @@ pub(crate) fn rest_broadcast_async<'py>(
     private: bool,
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let p = payload_from_py(payload)?;
-    let opts = client_options(options)?;
-    awaitable(py, async move {
-        supa_realtime::rest::broadcast(
-            &url,
-            &apikey,
-            token.as_deref(),
-            &name,
-            &event,
-            p,
-            private,
-            &opts,
-        )
-        .await
-    })
+    let req = request(url, apikey, token, name, event, payload, private, options)?;
+    awaitable(py, req.send())
 }
