@@ -24,7 +24,7 @@ pub(crate) struct ChannelInner {
     pub(crate) config: ChannelConfig,
     pub(crate) shared: Arc<Shared>,
     pub(crate) status: watch::Receiver<ChannelStatus>,
-    pub(crate) presence: watch::Receiver<Arc<PresenceState>>,
+    pub(crate) presence: watch::Receiver<PresenceState>,
     pub(crate) dropped: Arc<AtomicU64>,
 }
 
@@ -126,7 +126,7 @@ impl RealtimeChannel {
 
     /// The presence state, always consistent with the server's (Phoenix sync algorithm).
     pub fn presence_state(&self) -> PresenceState {
-        (**self.inner.presence.borrow()).clone()
+        self.inner.presence.borrow().clone()
     }
 
     async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {

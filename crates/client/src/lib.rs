@@ -108,7 +108,7 @@ pub use postgres::{
     convert_cell, convert_change_data, match_bindings, PostgresChange, PostgresChangesFilter,
     PostgresEvent,
 };
-pub use presence::{Presence, PresenceEvent, PresenceState};
+pub use presence::{Presence, PresenceEvent, PresenceState, Presences};
 pub use queue::{EventStream, Overflow};
 
 /// The protocol crate this client is built on.

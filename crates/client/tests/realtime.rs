@@ -878,7 +878,7 @@ async fn presence_listener_on_joined_channel_rejoins() {
     assert_eq!(state.len(), 1, "{state:?}");
     let metas = state.values().next().unwrap();
     assert_eq!(metas[0]["name"], "bob");
-    assert_eq!(*state, ca.presence_state());
+    assert_eq!(state, ca.presence_state());
     assert_eq!(ca.status(), ChannelStatus::Subscribed);
     let seen: Vec<&str> = std::iter::from_fn(|| statuses.try_recv())
         .map(|s| s.as_str())

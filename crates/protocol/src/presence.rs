@@ -9,6 +9,7 @@
 //! join, which are held back and replayed once the state arrives.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -85,7 +86,25 @@ impl PresenceDiff {
     }
 }
 
-/// What applying a state or diff did, in the order Phoenix reports it.
+/// One presence in the form users see: the tracked payload plus `presence_ref` (the
+/// `phx_ref` renamed), without `phx_ref_prev` (see [`user_meta`]). Shared: the live state,
+/// every snapshot of it and every event naming it point at one copy.
+pub type UserMeta = Arc<Meta>;
+
+/// The presences of one key, in order, shared the same way.
+pub type MetaList = Arc<[UserMeta]>;
+
+/// A client-side presence state: key → its presences, in the form users see.
+///
+/// A persistent B-tree (`imbl::OrdMap`): cloning it is O(1) and the clone shares every node
+/// with the original; changing a key afterwards copies only the path to that key (a few
+/// nodes of up to 64 entries), not the state. So a snapshot handed to a consumer costs a
+/// reference count, and a consumer that holds on to an old snapshot keeps alive only what
+/// changed since, not a copy of the whole state.
+pub type SharedState = imbl::OrdMap<String, MetaList>;
+
+/// What applying a state or diff did, in the order Phoenix reports it. Metas are in the form
+/// users see and shared with the state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PresenceEvent {
     /// Metas joined under `key`. `current` is what the key had before (empty if new).
@@ -93,105 +112,157 @@ pub enum PresenceEvent {
         /// The presence key.
         key: String,
         /// Metas present under the key before this join.
-        current: Vec<Meta>,
+        current: MetaList,
         /// The metas that joined.
-        joined: Vec<Meta>,
+        joined: MetaList,
     },
     /// Metas left `key`. `remaining` is what the key still has.
     Leave {
         /// The presence key.
         key: String,
         /// Metas still present under the key.
-        remaining: Vec<Meta>,
+        remaining: MetaList,
         /// The metas that left.
-        left: Vec<Meta>,
+        left: MetaList,
     },
     /// The state is consistent again; fired once per state and once per applied diff.
     Sync,
 }
 
-/// The Phoenix `syncDiff`: apply `diff` to `state` and report joins then leaves.
-pub fn sync_diff(state: &mut PresenceState, diff: &PresenceDiff, events: &mut Vec<PresenceEvent>) {
-    for (key, joined) in &diff.joins {
-        let previous = state.get(key).cloned();
-        let mut metas = joined.clone();
-        if let Some(prev) = &previous {
-            let joined_refs: Vec<Option<&str>> = joined.iter().map(meta_ref).collect();
-            let kept: Vec<Meta> = prev
-                .iter()
-                .filter(|m| !joined_refs.contains(&meta_ref(m)))
-                .cloned()
-                .collect();
-            metas.splice(0..0, kept);
+/// The `presence_ref` of a meta in the form users see.
+fn user_ref(meta: &Meta) -> Option<&str> {
+    meta.get("presence_ref").and_then(Value::as_str)
+}
+
+/// A diff in the form users see, ready to apply to a [`SharedState`].
+#[derive(Default)]
+struct UserDiff {
+    joins: BTreeMap<String, MetaList>,
+    leaves: BTreeMap<String, MetaList>,
+}
+
+impl UserDiff {
+    /// Converts each meta once (moved, not copied); this is all a diff costs beyond the
+    /// path copies of the keys it changes.
+    fn from_wire_diff(diff: PresenceDiff) -> UserDiff {
+        UserDiff {
+            joins: user_lists(diff.joins),
+            leaves: user_lists(diff.leaves),
         }
+    }
+}
+
+fn user_lists(state: PresenceState) -> BTreeMap<String, MetaList> {
+    state
+        .into_iter()
+        .map(|(k, metas)| {
+            let list: MetaList = metas
+                .into_iter()
+                .map(|m| Arc::new(into_user_meta(m)))
+                .collect();
+            (k, list)
+        })
+        .collect()
+}
+
+/// The Phoenix `syncDiff`: apply `diff` to `state` and report joins then leaves.
+fn sync_diff(state: &mut SharedState, diff: UserDiff, events: &mut Vec<PresenceEvent>) {
+    for (key, joined) in diff.joins {
+        let previous = state.get(&key).cloned();
+        let metas: MetaList = match &previous {
+            Some(prev) => {
+                let joined_refs: Vec<Option<&str>> = joined.iter().map(|m| user_ref(m)).collect();
+                prev.iter()
+                    .filter(|m| !joined_refs.contains(&user_ref(m)))
+                    .chain(joined.iter())
+                    .cloned()
+                    .collect()
+            }
+            // The common case shares the joined list itself with the state.
+            None => joined.clone(),
+        };
         state.insert(key.clone(), metas);
         events.push(PresenceEvent::Join {
-            key: key.clone(),
-            current: previous.unwrap_or_default(),
-            joined: joined.clone(),
+            key,
+            current: previous.unwrap_or_else(|| Arc::from([])),
+            joined,
         });
     }
-    for (key, left) in &diff.leaves {
-        let Some(current) = state.get_mut(key) else {
+    for (key, left) in diff.leaves {
+        let Some(current) = state.get(&key) else {
             continue;
         };
-        let refs: Vec<Option<&str>> = left.iter().map(meta_ref).collect();
-        current.retain(|m| !refs.contains(&meta_ref(m)));
-        let remaining = current.clone();
+        let refs: Vec<Option<&str>> = left.iter().map(|m| user_ref(m)).collect();
+        let remaining: MetaList = if current.iter().any(|m| refs.contains(&user_ref(m))) {
+            current
+                .iter()
+                .filter(|m| !refs.contains(&user_ref(m)))
+                .cloned()
+                .collect()
+        } else {
+            current.clone()
+        };
         if remaining.is_empty() {
-            state.remove(key);
+            state.remove(&key);
+        } else if remaining.len() != current.len() {
+            state.insert(key.clone(), remaining.clone());
         }
         events.push(PresenceEvent::Leave {
-            key: key.clone(),
+            key,
             remaining,
-            left: left.clone(),
+            left,
         });
     }
 }
 
 /// The Phoenix `syncState`: replace `state` by `new`, reporting the difference as joins and
 /// leaves.
-pub fn sync_state(state: &mut PresenceState, new: &PresenceState, events: &mut Vec<PresenceEvent>) {
-    let mut diff = PresenceDiff::default();
+fn sync_state(state: &mut SharedState, new: PresenceState, events: &mut Vec<PresenceEvent>) {
+    let new = user_lists(new);
+    let mut diff = UserDiff::default();
     for (key, metas) in state.iter() {
         if !new.contains_key(key) {
             diff.leaves.insert(key.clone(), metas.clone());
         }
     }
     for (key, new_metas) in new {
-        match state.get(key) {
+        match state.get(&key) {
             Some(cur) => {
-                let new_refs: Vec<Option<&str>> = new_metas.iter().map(meta_ref).collect();
-                let cur_refs: Vec<Option<&str>> = cur.iter().map(meta_ref).collect();
-                let joined: Vec<Meta> = new_metas
+                let new_refs: Vec<Option<&str>> = new_metas.iter().map(|m| user_ref(m)).collect();
+                let cur_refs: Vec<Option<&str>> = cur.iter().map(|m| user_ref(m)).collect();
+                let joined: MetaList = new_metas
                     .iter()
-                    .filter(|m| !cur_refs.contains(&meta_ref(m)))
+                    .filter(|m| !cur_refs.contains(&user_ref(m)))
                     .cloned()
                     .collect();
-                let left: Vec<Meta> = cur
+                let left: MetaList = cur
                     .iter()
-                    .filter(|m| !new_refs.contains(&meta_ref(m)))
+                    .filter(|m| !new_refs.contains(&user_ref(m)))
                     .cloned()
                     .collect();
                 if !joined.is_empty() {
                     diff.joins.insert(key.clone(), joined);
                 }
                 if !left.is_empty() {
-                    diff.leaves.insert(key.clone(), left);
+                    diff.leaves.insert(key, left);
                 }
             }
             None => {
-                diff.joins.insert(key.clone(), new_metas.clone());
+                diff.joins.insert(key, new_metas);
             }
         }
     }
-    sync_diff(state, &diff, events);
+    sync_diff(state, diff, events);
 }
 
 /// Client-side presence for one channel, as Phoenix's JavaScript `Presence` keeps it.
+///
+/// The state is kept in the form users see ([`UserMeta`]) so that what is handed to users
+/// *is* the state: [`state`](Self::state)`.clone()` is an O(1) snapshot sharing every meta
+/// and every unchanged node with the live state (see [`SharedState`]).
 #[derive(Debug, Clone, Default)]
 pub struct PresenceSync {
-    state: PresenceState,
+    state: SharedState,
     pending: Vec<PresenceDiff>,
     /// The join ref whose `presence_state` was last applied.
     state_join_ref: Option<String>,
@@ -210,8 +281,8 @@ impl PresenceSync {
         self.join_ref = join_ref;
     }
 
-    /// The current state.
-    pub fn state(&self) -> &PresenceState {
+    /// The current state, in the form users see (`presence_ref`); clone it for a snapshot.
+    pub fn state(&self) -> &SharedState {
         &self.state
     }
 
@@ -221,12 +292,12 @@ impl PresenceSync {
     }
 
     /// Apply a `presence_state`. Held diffs are applied after it; then one `Sync`.
-    pub fn apply_state(&mut self, new: &PresenceState) -> Vec<PresenceEvent> {
+    pub fn apply_state(&mut self, new: PresenceState) -> Vec<PresenceEvent> {
         let mut events = Vec::new();
         self.state_join_ref = self.join_ref.clone();
         sync_state(&mut self.state, new, &mut events);
         for diff in std::mem::take(&mut self.pending) {
-            sync_diff(&mut self.state, &diff, &mut events);
+            sync_diff(&mut self.state, UserDiff::from_wire_diff(diff), &mut events);
         }
         events.push(PresenceEvent::Sync);
         events
@@ -239,35 +310,25 @@ impl PresenceSync {
             return Vec::new();
         }
         let mut events = Vec::new();
-        sync_diff(&mut self.state, &diff, &mut events);
+        sync_diff(&mut self.state, UserDiff::from_wire_diff(diff), &mut events);
         events.push(PresenceEvent::Sync);
         events
-    }
-
-    /// The state in the shape users see: `phx_ref` renamed `presence_ref`, `phx_ref_prev` gone.
-    pub fn user_state(&self) -> BTreeMap<String, Vec<Meta>> {
-        self.state
-            .iter()
-            .map(|(k, metas)| (k.clone(), metas.iter().map(user_meta).collect()))
-            .collect()
     }
 }
 
 /// A meta as users see it: `presence_ref` instead of `phx_ref`, without `phx_ref_prev`.
 pub fn user_meta(meta: &Meta) -> Meta {
-    let mut out = Map::new();
-    for (k, v) in meta {
-        match k.as_str() {
-            "phx_ref" => {
-                out.insert("presence_ref".into(), v.clone());
-            }
-            "phx_ref_prev" => {}
-            _ => {
-                out.insert(k.clone(), v.clone());
-            }
-        }
+    into_user_meta(meta.clone())
+}
+
+/// [`user_meta`] without the copy.
+pub fn into_user_meta(mut meta: Meta) -> Meta {
+    meta.remove("phx_ref_prev");
+    if let Some(r) = meta.remove("phx_ref") {
+        // A tracked payload's own `presence_ref` wins, as it always has.
+        meta.entry("presence_ref").or_insert(r);
     }
-    out
+    meta
 }
 
 #[cfg(test)]
@@ -281,32 +342,37 @@ mod tests {
         m
     }
 
+    fn joined(p: &mut PresenceSync, key: &str, m: Meta) -> Vec<PresenceEvent> {
+        p.apply_diff(PresenceDiff {
+            joins: [(key.into(), vec![m])].into(),
+            leaves: Default::default(),
+        })
+    }
+
+    fn synced() -> PresenceSync {
+        let mut p = PresenceSync::new();
+        p.set_join_ref(Some("1".into()));
+        p.apply_state(PresenceState::new());
+        p
+    }
+
     #[test]
     fn update_under_same_key_replaces_meta() {
-        let mut s = PresenceState::new();
-        let mut ev = Vec::new();
-        sync_diff(
-            &mut s,
-            &PresenceDiff {
-                joins: [("alice".into(), vec![meta("1", json!({"s": "on"}))])].into(),
-                leaves: Default::default(),
-            },
-            &mut ev,
-        );
-        sync_diff(
-            &mut s,
-            &PresenceDiff {
-                joins: [(
-                    "alice".into(),
-                    vec![meta("2", json!({"s": "away", "phx_ref_prev": "1"}))],
-                )]
-                .into(),
-                leaves: [("alice".into(), vec![meta("1", json!({"s": "on"}))])].into(),
-            },
-            &mut ev,
-        );
+        let mut p = synced();
+        joined(&mut p, "alice", meta("1", json!({"s": "on"})));
+        p.apply_diff(PresenceDiff {
+            joins: [(
+                "alice".into(),
+                vec![meta("2", json!({"s": "away", "phx_ref_prev": "1"}))],
+            )]
+            .into(),
+            leaves: [("alice".into(), vec![meta("1", json!({"s": "on"}))])].into(),
+        });
+        let s = p.state();
         assert_eq!(s["alice"].len(), 1);
         assert_eq!(s["alice"][0]["s"], "away");
+        assert_eq!(s["alice"][0]["presence_ref"], "2");
+        assert!(s["alice"][0].get("phx_ref_prev").is_none());
     }
 
     #[test]
@@ -318,13 +384,51 @@ mod tests {
             leaves: Default::default(),
         };
         assert!(p.apply_diff(d).is_empty());
-        let ev = p.apply_state(&[("alice".into(), vec![meta("a", json!({}))])].into());
+        let ev = p.apply_state([("alice".into(), vec![meta("a", json!({}))])].into());
         assert_eq!(p.state().len(), 2);
         assert_eq!(ev.last(), Some(&PresenceEvent::Sync));
         assert_eq!(ev.iter().filter(|e| **e == PresenceEvent::Sync).count(), 1);
+        assert_eq!(p.state()["bob"][0].get("presence_ref"), Some(&json!("b")));
+    }
+
+    /// What a snapshot costs: the snapshot taken before a diff and the state after it share
+    /// the storage of every key the diff did not touch, and the events share the metas of
+    /// the state.
+    #[test]
+    fn snapshots_share_unchanged_entries() {
+        let mut p = synced();
+        for i in 0..200 {
+            joined(
+                &mut p,
+                &format!("u{i:03}"),
+                meta(&i.to_string(), json!({"i": i})),
+            );
+        }
+        let before = p.state().clone();
+        let ev = joined(&mut p, "u500", meta("500", json!({"i": 500})));
+        let after = p.state();
+        assert_eq!((before.len(), after.len()), (200, 201));
+        for (k, list) in &before {
+            assert!(Arc::ptr_eq(list, &after[k]), "{k} was copied");
+        }
+        let PresenceEvent::Join { joined, .. } = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert!(Arc::ptr_eq(joined, &after["u500"]));
+    }
+
+    #[test]
+    fn own_presence_ref_in_payload_wins() {
+        let m = into_user_meta(meta(
+            "x",
+            json!({"presence_ref": "mine", "phx_ref_prev": "w"}),
+        ));
         assert_eq!(
-            user_meta(&p.state()["bob"][0]).get("presence_ref"),
-            Some(&json!("b"))
+            m,
+            json!({"presence_ref": "mine"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
         );
     }
 

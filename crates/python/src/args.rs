@@ -1,6 +1,8 @@
 //! The arguments each callback shape receives, built from an event (with the GIL held, on
 //! the dispatcher thread).
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use supa_realtime::{BroadcastMessage, ChannelStatus, ClientEvent, PostgresChange, PresenceEvent};
@@ -138,8 +140,8 @@ fn presence_change(
     d: &Bound<'_, PyDict>,
     event: &str,
     key: &str,
-    current: &[supa_realtime::Presence],
-    changed: &[supa_realtime::Presence],
+    current: &[Arc<supa_realtime::Presence>],
+    changed: &[Arc<supa_realtime::Presence>],
     (camel, snake): (&str, &str),
 ) -> PyResult<()> {
     d.set_item("event", event)?;

@@ -1,6 +1,8 @@
 //! JSON <-> Python objects. JSON is parsed in Rust (off the GIL, by the client crate);
 //! values become Python objects here, in one attach per batch.
 
+use std::sync::Arc;
+
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -50,7 +52,7 @@ pub(crate) fn map_to_py<'py>(
 /// A list of presences as a `list` of `dict`s.
 pub(crate) fn presences_to_py<'py>(
     py: Python<'py>,
-    ps: &[Presence],
+    ps: &[Arc<Presence>],
 ) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for p in ps {

@@ -67,7 +67,7 @@ pub(crate) struct ChannelParts {
     pub(crate) topic: String,
     pub(crate) config: ChannelConfig,
     pub(crate) status: watch::Receiver<ChannelStatus>,
-    pub(crate) presence: watch::Receiver<Arc<PresenceState>>,
+    pub(crate) presence: watch::Receiver<PresenceState>,
     pub(crate) dropped: Arc<AtomicU64>,
 }
 

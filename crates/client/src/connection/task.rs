@@ -227,7 +227,7 @@ struct ChannelEntry {
     binding_ids: Vec<u64>,
     phase: Phase,
     status_tx: watch::Sender<ChannelStatus>,
-    presence_tx: watch::Sender<Arc<PresenceState>>,
+    presence_tx: watch::Sender<PresenceState>,
     subs: Vec<(EventFilter, Subscriber<ChannelEvent>)>,
     presence: PresenceSync,
     /// Presence events of the current read batch, not yet dispatched.
@@ -299,15 +299,16 @@ impl ChannelEntry {
         was_clean && !self.presence_pending.is_empty()
     }
 
-    /// Build the user-facing presence state **once** for every diff of the batch, publish it
-    /// and dispatch the batch's events with it. Building it per diff made a channel of n
-    /// presences cost O(n) per diff and hold one O(n) snapshot per queued `Sync` event: n
-    /// clients of one channel in one process grew with n³.
+    /// Publish the batch's presence: one O(1) snapshot of the state (it is kept in the
+    /// form users see and structurally shared, see [`PresenceState`]) for the `watch` and
+    /// every `Sync` of the batch. Building a full copy per diff made a channel of n presences
+    /// cost O(n) per diff and hold one O(n) copy per queued `Sync` event: n clients of one
+    /// channel in one process grew with n³; a copy per batch still made it O(n) per batch.
     fn publish_presence(&mut self) {
         if self.presence_pending.is_empty() {
             return;
         }
-        let state = Arc::new(self.presence.user_state());
+        let state = self.presence.state().clone();
         self.presence_tx.send_replace(state.clone());
         for e in std::mem::take(&mut self.presence_pending) {
             self.dispatch(
@@ -320,8 +321,7 @@ impl ChannelEntry {
     fn reset_presence(&mut self) {
         self.presence_pending.clear();
         self.presence = PresenceSync::new();
-        self.presence_tx
-            .send_replace(Arc::new(PresenceState::new()));
+        self.presence_tx.send_replace(PresenceState::new());
     }
 
     fn answer_subscribers(&mut self, result: Result<()>) {

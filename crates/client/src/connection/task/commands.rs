@@ -22,7 +22,7 @@ impl Task {
                 self.next_channel_id += 1;
                 let id = self.next_channel_id;
                 let (status_tx, _) = watch::channel(ChannelStatus::Idle);
-                let (presence_tx, _) = watch::channel(Arc::new(PresenceState::new()));
+                let (presence_tx, _) = watch::channel(PresenceState::new());
                 let ch = ChannelEntry {
                     id,
                     topic: topic.clone(),

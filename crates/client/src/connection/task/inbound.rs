@@ -130,7 +130,7 @@ impl Task {
             match m.event.as_str() {
                 ev::PRESENCE_STATE => {
                     if ch.presence_active {
-                        let events = ch.presence.apply_state(&state_from_wire(&m.payload));
+                        let events = ch.presence.apply_state(state_from_wire(&m.payload));
                         if ch.apply_presence(events) {
                             self.presence_dirty.push(id);
                         }
