@@ -175,6 +175,9 @@ pub struct ClientPresenceResult {
     pub full_state_secs: f64,
     pub peak_rss_kb: u64,
     pub base_rss_kb: u64,
+    /// Once all `n` are connected and subscribed, before any track: what the clients
+    /// themselves cost, so that the peak minus this is the presence bookkeeping.
+    pub connected_rss_kb: u64,
 }
 
 pub async fn run_clients(proc: &Proc, n: usize, bar: &ProgressBar) -> Res<ClientPresenceResult> {
@@ -224,6 +227,7 @@ pub async fn run_clients(proc: &Proc, n: usize, bar: &ProgressBar) -> Res<Client
         }));
         handles.push((client, ch));
     }
+    let connected_rss_kb = rss_kb(std::process::id());
     bar.set_message(format!("presence (Rust clients): {n} tracking"));
     let t0 = Instant::now();
     let tracks = bounded(
@@ -265,5 +269,6 @@ pub async fn run_clients(proc: &Proc, n: usize, bar: &ProgressBar) -> Res<Client
         full_state_secs,
         peak_rss_kb: peak,
         base_rss_kb,
+        connected_rss_kb,
     })
 }

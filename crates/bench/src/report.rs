@@ -453,10 +453,12 @@ pub fn write(
             let _ = writeln!(
                 md,
                 "### Presence through the Rust client\n\n{n} `supa_realtime::RealtimeClient`s in one process (one socket each) join `presence-clients` with their own key, each with a presence event stream drained by its own task, then all `track`. \
-                 *Full state*: until every client's `Sync` state holds all {n}. Peak RSS is the bench process's (it started at {base} MiB).\n\n\
-                 | clients | full state everywhere | peak RSS |\n|---|---|---|\n| {n} | {:.2} s | {} MiB |\n",
+                 *Full state*: until every client's `Sync` state holds all {n}. Peak RSS is the bench process's (it started at {base} MiB); *connected*: its RSS once all {n} were connected and subscribed, before any track, so the peak minus it is what presence cost ({n}² presences in all).\n\n\
+                 | clients | full state everywhere | peak RSS | connected | presence (peak - connected) |\n|---|---|---|---|---|\n| {n} | {:.2} s | {} MiB | {} MiB | {} MiB |\n",
                 p.full_state_secs,
                 p.peak_rss_kb / 1024,
+                p.connected_rss_kb / 1024,
+                p.peak_rss_kb.saturating_sub(p.connected_rss_kb) / 1024,
                 n = p.clients,
                 base = p.base_rss_kb / 1024,
             );

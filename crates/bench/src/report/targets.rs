@@ -263,5 +263,42 @@ pub(super) fn targets(r: &Results) -> Vec<(String, String, String, String)> {
         )),
         None => {}
     }
+    match &r.presence_clients {
+        // 1,000 clients hold 1,000,000 presences; one shared copy each (about 0.8 KiB as
+        // serde_json keeps a small object) plus the clients themselves fits in 1 GiB.
+        Some(Ok(p)) => out.push((
+            format!(
+                "presence through the Rust client: {} clients in one process see the full state, peak RSS < 1 GiB",
+                p.clients
+            ),
+            format!(
+                "{:.2} s, peak {} MiB ({} MiB before tracking)",
+                p.full_state_secs,
+                p.peak_rss_kb / 1024,
+                p.connected_rss_kb / 1024
+            ),
+            format!(
+                "presence {} MiB = {:.0} B per presence",
+                p.peak_rss_kb.saturating_sub(p.connected_rss_kb) / 1024,
+                (p.peak_rss_kb.saturating_sub(p.connected_rss_kb) * 1024) as f64
+                    / (p.clients * p.clients).max(1) as f64
+            ),
+            if p.base_rss_kb > 64 * 1024 {
+                "not comparable (the process held memory of earlier scenarios; run it alone)"
+                    .into()
+            } else if p.peak_rss_kb < 1024 * 1024 {
+                "met".into()
+            } else {
+                "**not met**".into()
+            },
+        )),
+        Some(Err(e)) => out.push((
+            "presence through the Rust client".into(),
+            e.clone(),
+            "".into(),
+            "**not measured**".into(),
+        )),
+        None => {}
+    }
     out
 }

@@ -12,7 +12,9 @@
 //! order. So control frames never wait behind broadcasts while the backlogs have room: the
 //! task keeps reading and handling them. Frames are handled in read batches (what is
 //! readable, up to 64); the presence events of a batch are dispatched at its end with one
-//! snapshot of the state (building one per diff cost O(n) per diff for n presences).
+//! snapshot of the state. The state is structurally shared (see [`crate::PresenceState`]),
+//! so the snapshot is O(1) and shares memory with the live state; a full copy per diff
+//! (later per batch) cost O(n) each for n presences and held one copy per queued `Sync`.
 //!
 //! Only when the backlogs are full ([`ClientOptions::backlog_events`] /
 //! [`ClientOptions::backlog_bytes`]) does the task stop reading the socket, until a consumer
