@@ -40,6 +40,31 @@ pub fn state_from_wire(v: &Value) -> PresenceState {
     out
 }
 
+/// [`state_from_wire`] taking the value: the metas are moved out of it, not copied (a
+/// client applies every diff it receives; this is the one allocation per meta it keeps).
+pub fn state_from_wire_owned(v: Value) -> PresenceState {
+    let mut out = PresenceState::new();
+    if let Value::Object(map) = v {
+        for (key, entry) in map {
+            let metas: Vec<Meta> = match entry {
+                Value::Object(mut e) => match e.remove("metas") {
+                    Some(Value::Array(a)) => a
+                        .into_iter()
+                        .filter_map(|m| match m {
+                            Value::Object(m) => Some(m),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            out.insert(key, metas);
+        }
+    }
+    out
+}
+
 /// Write a state in wire form.
 pub fn state_to_wire(state: &PresenceState) -> Value {
     let mut map = Map::new();
@@ -69,6 +94,20 @@ impl PresenceDiff {
         PresenceDiff {
             joins: v.get("joins").map(state_from_wire).unwrap_or_default(),
             leaves: v.get("leaves").map(state_from_wire).unwrap_or_default(),
+        }
+    }
+
+    /// [`from_wire`](Self::from_wire) taking the value (metas moved, not copied).
+    pub fn from_wire_owned(mut v: Value) -> PresenceDiff {
+        let mut take = |k: &str| {
+            v.as_object_mut()
+                .and_then(|o| o.remove(k))
+                .map(state_from_wire_owned)
+                .unwrap_or_default()
+        };
+        PresenceDiff {
+            joins: take("joins"),
+            leaves: take("leaves"),
         }
     }
 
@@ -436,7 +475,15 @@ mod tests {
     fn wire_round_trip() {
         let v = json!({"alice": {"metas": [{"phx_ref": "x", "n": 1}]}});
         assert_eq!(state_to_wire(&state_from_wire(&v)), v);
+        assert_eq!(state_to_wire(&state_from_wire_owned(v.clone())), v);
         let d = json!({"joins": {}, "leaves": {"a": {"metas": [{"phx_ref": "y"}]}}});
         assert_eq!(PresenceDiff::from_wire(&d).to_wire(), d);
+        assert_eq!(PresenceDiff::from_wire_owned(d.clone()).to_wire(), d);
+        let odd = json!({"a": {"metas": [1, {"phx_ref": "z"}]}, "b": 2, "c": {"metas": "x"}});
+        assert_eq!(state_from_wire_owned(odd.clone()), state_from_wire(&odd));
+        assert_eq!(
+            PresenceDiff::from_wire_owned(json!({"joins": odd.clone(), "leaves": 3})),
+            PresenceDiff::from_wire(&json!({"joins": odd, "leaves": 3}))
+        );
     }
 }

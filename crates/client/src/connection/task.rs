@@ -17,7 +17,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use supa_realtime_protocol::binary::{self, ServerBinary};
-use supa_realtime_protocol::presence::{state_from_wire, PresenceDiff, PresenceSync};
+use supa_realtime_protocol::presence::{state_from_wire_owned, PresenceDiff, PresenceSync};
 use supa_realtime_protocol::{
     event as ev, Message, Serializer, ServerFrame, Status, UserBroadcast, UserPayload, WireFrame,
     PHOENIX_TOPIC,

@@ -97,7 +97,7 @@ impl Task {
         }
     }
 
-    pub(super) fn on_message(&mut self, m: Message) {
+    pub(super) fn on_message(&mut self, mut m: Message) {
         if m.event == ev::PHX_REPLY {
             return self.on_reply(m);
         }
@@ -130,7 +130,9 @@ impl Task {
             match m.event.as_str() {
                 ev::PRESENCE_STATE => {
                     if ch.presence_active {
-                        let events = ch.presence.apply_state(state_from_wire(&m.payload));
+                        let events = ch
+                            .presence
+                            .apply_state(state_from_wire_owned(std::mem::take(&mut m.payload)));
                         if ch.apply_presence(events) {
                             self.presence_dirty.push(id);
                         }
@@ -139,7 +141,11 @@ impl Task {
                 }
                 ev::PRESENCE_DIFF => {
                     if ch.presence_active {
-                        let events = ch.presence.apply_diff(PresenceDiff::from_wire(&m.payload));
+                        let events =
+                            ch.presence
+                                .apply_diff(PresenceDiff::from_wire_owned(std::mem::take(
+                                    &mut m.payload,
+                                )));
                         if ch.apply_presence(events) {
                             self.presence_dirty.push(id);
                         }
