@@ -6,7 +6,11 @@
 //!
 //! [`PresenceSync`] is the client half: it applies states and diffs exactly as Phoenix's
 //! JavaScript `Presence` does, including diffs that arrive before the state of the current
-//! join, which are held back and replayed once the state arrives.
+//! join, which are held back and replayed once the state arrives. It keeps the state in the
+//! form users see (`presence_ref`), as a persistent map of shared presences
+//! ([`SharedState`]), so that a snapshot handed to users is O(1) and shares memory with the
+//! live state instead of being a copy of it. The server keeps its own state
+//! ([`PresenceState`], plain maps): it never hands out snapshots.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
