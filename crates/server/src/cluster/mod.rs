@@ -40,15 +40,19 @@
 //! writes its exact count every second, so leaves and refused joins are reconciled within a
 //! second and a dead node's users stop counting once its heartbeat is stale (5 s). A count is
 //! worth one round trip per new user because it is exact; while Redis is unreachable a node
-//! admits up to its share (limit / nodes last seen). The rate limits (events, joins, presence
-//! per second) stay per node: they are on the hot path and averaged over 60 s, so each node
-//! enforces them on what it serves.
+//! admits up to its share (limit / nodes last seen). The tenant's rate limits (events, joins,
+//! presence per second, averaged over 60 s) count for the cluster too, but they are on the
+//! hot path: each node counts locally and reports its counts to Redis every 10 ms, bringing
+//! back the cluster's window totals (`rates.rs`, which states the accuracy bound); without
+//! Redis a node enforces its share. A socket's own budgets (its events, its channel's presence
+//! calls) stay where the socket is.
 
 mod changes;
 mod config;
 mod envelope;
 mod keys;
 mod publisher;
+mod rates;
 mod scripts;
 mod slot;
 mod subscriber;
@@ -116,6 +120,10 @@ pub(crate) struct Status {
     gaps_reported: AtomicU64,
     caught_up: AtomicU64,
     channels_errored: AtomicU64,
+    /// Whether the rate limits count for the cluster (Redis answers their reports).
+    rates_up: AtomicBool,
+    /// The rate limits' fallback was logged once already.
+    rates_warned: AtomicBool,
     /// Topics some of whose broadcasts could not be queued: the writer reports them.
     overflowed: Mutex<HashSet<TopicKey>>,
 }
@@ -196,15 +204,16 @@ impl TopicHooks for Hooks {
         let _ = self.sub_tx.send(SubReq::Closed(key.clone()));
     }
 
-    fn publish(&self, topic: &Topic, body: Body, exclude: Option<SubId>) {
+    fn publish(&self, topic: &Topic, body: Body, exclude: Option<SubId>, tenant: bool) {
         let shared = &self.shared;
         let up = shared.status.publisher_up.load(Ordering::SeqCst);
         // Redis down: local channels get it now; the writer keeps it for the other nodes.
-        let envelope = envelope::encode_body(&shared.node, &body, exclude, !up);
+        let envelope = envelope::encode_body(&shared.node, &body, exclude, !up, tenant);
+        let events = tenant.then_some(&*shared.events);
         let mut body = Some(body);
         if !up {
             if let Some(body) = body.take() {
-                topic.broadcast_local(body, exclude, &shared.events);
+                topic.broadcast_local(body, exclude, events);
             }
         }
         let req = PubReq::Publish {
@@ -214,7 +223,7 @@ impl TopicHooks for Hooks {
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.pub_tx.try_send(req) {
             if let Some(body) = body.take() {
-                topic.broadcast_local(body, exclude, &shared.events);
+                topic.broadcast_local(body, exclude, events);
             }
             tracing::warn!(topic = %topic.key.name, "cluster publish queue full: delivered on this node only, other nodes are told they missed messages");
             shared.status.overflowed.lock().insert(topic.key.clone());
@@ -251,6 +260,16 @@ impl TopicHooks for Hooks {
                 .insert(topic.key.clone());
         }
     }
+}
+
+/// The tenant's counters, which count for the cluster as a whole.
+#[derive(Debug)]
+pub(crate) struct TenantCounters {
+    pub(crate) events: Arc<RateCounter>,
+    pub(crate) joins: Arc<RateCounter>,
+    pub(crate) presence_events: Arc<RateCounter>,
+    /// This node's concurrent users.
+    pub(crate) users: Arc<AtomicUsize>,
 }
 
 /// The handle the rest of the server uses in cluster mode.
@@ -301,13 +320,17 @@ impl Cluster {
     /// the cluster (it replaces the single-node registry).
     pub(crate) fn start(
         config: &ClusterConfig,
-        events: Arc<RateCounter>,
-        presence_events: Arc<RateCounter>,
-        users: Arc<AtomicUsize>,
+        tenant: TenantCounters,
         metrics: Arc<Metrics>,
         slot: Arc<SlotReader>,
         shutdown: CancellationToken,
     ) -> Result<(Cluster, Arc<Registry>), ClusterError> {
+        let TenantCounters {
+            events,
+            joins,
+            presence_events,
+            users,
+        } = tenant;
         let url = config.redis_url.clone().unwrap_or_default();
         let client = redis::Client::open(url.as_str()).map_err(ClusterError::Url)?;
         let shared = Arc::new(Shared {
@@ -316,10 +339,16 @@ impl Cluster {
             keys: Keys::new(&config.redis_prefix),
             client,
             status: Status::default(),
-            events,
-            presence_events,
+            events: events.clone(),
+            presence_events: presence_events.clone(),
             users,
         });
+        let pooled = vec![
+            rates::Pooled::new("events", events),
+            rates::Pooled::new("joins", joins),
+            rates::Pooled::new("presence", presence_events),
+        ];
+        tokio::spawn(rates::run(shared.clone(), pooled, shutdown.clone()));
         let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let hooks = Arc::new(Hooks {
@@ -373,7 +402,7 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         let req = PubReq::Publish {
             key: key.clone(),
-            envelope: envelope::encode_body(&self.shared.node, body, None, false),
+            envelope: envelope::encode_body(&self.shared.node, body, None, false, true),
             confirm: Some(tx),
         };
         self.pub_tx
@@ -425,6 +454,7 @@ impl Cluster {
             "messages_caught_up": s.caught_up.load(Ordering::SeqCst),
             "gaps_reported": s.gaps_reported.load(Ordering::SeqCst),
             "channels_errored": s.channels_errored.load(Ordering::SeqCst),
+            "rate_limits_cluster_wide": s.rates_up.load(Ordering::SeqCst),
             "presence_lease_ms": self.shared.config.presence_ttl().as_millis() as u64,
             "slot_owner": self.slot_status(),
         })
