@@ -50,6 +50,7 @@
 mod changes;
 mod config;
 mod envelope;
+mod inbox;
 mod keys;
 mod publisher;
 mod rates;
@@ -297,13 +298,16 @@ impl Cluster {
 
     /// A local channel's postgres_changes request, shared with the cluster (unchanged when
     /// the node has no database).
+    /// `lost` sends the channel `phx_error` when deliveries for it were lost (its inbox was
+    /// trimmed, or Redis lost it), so that it rejoins.
     pub(crate) fn share_postgres(
         &self,
         req: crate::postgres::SubscribeRequest,
         conn: u64,
+        lost: changes::Lost,
     ) -> crate::postgres::SubscribeRequest {
         match self.changes.get() {
-            Some(c) => c.share(req, conn),
+            Some(c) => c.share(req, conn, lost),
             None => req,
         }
     }
@@ -479,6 +483,9 @@ impl Cluster {
             "duplicates_dropped": st.duplicates_dropped.load(Ordering::Relaxed),
             "fenced_dropped": st.fenced_dropped.load(Ordering::Relaxed),
             "write_retries": st.write_retries.load(Ordering::Relaxed),
+            "inbox_lost": st.inbox_lost.load(Ordering::Relaxed),
+            "inbox_resets": st.inbox_resets.load(Ordering::Relaxed),
+            "channels_errored": st.channels_errored.load(Ordering::Relaxed),
         })
     }
 }

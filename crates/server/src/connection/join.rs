@@ -325,6 +325,21 @@ impl Connection {
             .collect();
         let outbox = self.outbox.clone();
         let serializer = self.serializer;
+        // Cluster mode: deliveries lost on the way to this node make the channel rejoin.
+        let lost = {
+            let (outbox, topic, join_ref) =
+                (outbox.clone(), wire_topic.to_owned(), join_ref.clone());
+            Arc::new(move || {
+                let m = Message::new(
+                    join_ref.clone(),
+                    join_ref.clone(),
+                    topic.clone(),
+                    event::PHX_ERROR,
+                    json!({}),
+                );
+                outbox.send(to_ws(serializer.encode_server_message(&m)));
+            })
+        };
         let wire_topic = wire_topic.to_owned();
         let channel_name = name.to_owned();
         let join_ref = join_ref.clone();
@@ -363,7 +378,7 @@ impl Connection {
         };
         // cluster mode: shared so the slot's reader (maybe another node) checks it too
         let request = match &self.state.cluster {
-            Some(cluster) => cluster.share_postgres(request, self.id),
+            Some(cluster) => cluster.share_postgres(request, self.id, lost),
             None => request,
         };
         self.state.feed.subscribe(request)
