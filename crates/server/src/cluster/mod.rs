@@ -25,7 +25,9 @@
 //! held and confirms a position only after the deliveries before it are in Redis. Every node
 //! shares its channels' subscriptions and mirrors the others' into its own feed, so the reader
 //! checks RLS for the whole cluster; deliveries for other nodes go to their inbox streams, and
-//! receivers drop what a new reader sends again after a takeover (`changes.rs`).
+//! receivers drop what a new reader sends again after a takeover (`changes.rs`). Inbox entries
+//! are numbered and the inbox has an epoch, so a node tells entries lost to trimming or to
+//! Redis losing its data, and its postgres_changes channels get `phx_error` (`inbox.rs`).
 //!
 //! **Redis faults.** The writer task ([`publisher`]) and the reader task ([`subscriber`]) each
 //! own their connections and reconnect on their own. While the writer cannot reach Redis, a

@@ -9,7 +9,8 @@
 //!
 //! **Deliveries.** The holder's feed hands every change for a channel of another node to
 //! [`SlotReader::send`], which queues it for that node's inbox stream
-//! (`<prefix>:pg:inbox:<node>`), tagged with the fencing token and the change's position.
+//! (`<prefix>:pg:inbox:<node>`), tagged with the fencing token and the change's position, under
+//! the inbox's next number (`inbox.rs`, which tells lost entries).
 //! Before the feed confirms a position, [`SlotGate::flushed`] waits until the queue is written
 //! to Redis, so a reader killed at any moment has confirmed only what the other nodes have:
 //! the next holder starts from the slot's confirmed position and nothing committed is
