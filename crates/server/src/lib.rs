@@ -106,6 +106,7 @@ impl Server {
                     events: state.events.clone(),
                     joins: state.joins.clone(),
                     presence_events: state.presence_events.clone(),
+                    db_events: state.db_events.clone(),
                     users: state.users.clone(),
                 },
                 state.metrics.clone(),

@@ -60,6 +60,7 @@ mod scripts;
 mod slot;
 mod subscriber;
 
+pub(crate) use changes::Lost;
 pub(crate) use slot::SlotReader;
 
 use std::collections::HashSet;
@@ -271,6 +272,8 @@ pub(crate) struct TenantCounters {
     pub(crate) events: Arc<RateCounter>,
     pub(crate) joins: Arc<RateCounter>,
     pub(crate) presence_events: Arc<RateCounter>,
+    /// postgres_changes deliveries, when limited.
+    pub(crate) db_events: Option<Arc<RateCounter>>,
     /// This node's concurrent users.
     pub(crate) users: Arc<AtomicUsize>,
 }
@@ -306,7 +309,7 @@ impl Cluster {
         &self,
         req: crate::postgres::SubscribeRequest,
         conn: u64,
-        lost: changes::Lost,
+        lost: Lost,
     ) -> crate::postgres::SubscribeRequest {
         match self.changes.get() {
             Some(c) => c.share(req, conn, lost),
@@ -335,6 +338,7 @@ impl Cluster {
             events,
             joins,
             presence_events,
+            db_events,
             users,
         } = tenant;
         let url = config.redis_url.clone().unwrap_or_default();
@@ -349,11 +353,12 @@ impl Cluster {
             presence_events: presence_events.clone(),
             users,
         });
-        let pooled = vec![
+        let mut pooled = vec![
             rates::Pooled::new("events", events),
             rates::Pooled::new("joins", joins),
             rates::Pooled::new("presence", presence_events),
         ];
+        pooled.extend(db_events.map(|c| rates::Pooled::new("db_events", c)));
         tokio::spawn(rates::run(shared.clone(), pooled, shutdown.clone()));
         let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
