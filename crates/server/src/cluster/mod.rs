@@ -128,6 +128,8 @@ pub(crate) struct Status {
     rates_up: AtomicBool,
     /// The rate limits' fallback was logged once already.
     rates_warned: AtomicBool,
+    /// Reports of the rate counters Redis answered.
+    rate_reports: AtomicU64,
     /// Topics some of whose broadcasts could not be queued: the writer reports them.
     overflowed: Mutex<HashSet<TopicKey>>,
 }
@@ -353,13 +355,14 @@ impl Cluster {
             presence_events: presence_events.clone(),
             users,
         });
+        let wake = Arc::new(tokio::sync::Notify::new());
         let mut pooled = vec![
-            rates::Pooled::new("events", events),
-            rates::Pooled::new("joins", joins),
-            rates::Pooled::new("presence", presence_events),
+            rates::Pooled::new("events", events, &wake),
+            rates::Pooled::new("joins", joins, &wake),
+            rates::Pooled::new("presence", presence_events, &wake),
         ];
-        pooled.extend(db_events.map(|c| rates::Pooled::new("db_events", c)));
-        tokio::spawn(rates::run(shared.clone(), pooled, shutdown.clone()));
+        pooled.extend(db_events.map(|c| rates::Pooled::new("db_events", c, &wake)));
+        tokio::spawn(rates::run(shared.clone(), pooled, wake, shutdown.clone()));
         let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let hooks = Arc::new(Hooks {
@@ -466,6 +469,7 @@ impl Cluster {
             "gaps_reported": s.gaps_reported.load(Ordering::SeqCst),
             "channels_errored": s.channels_errored.load(Ordering::SeqCst),
             "rate_limits_cluster_wide": s.rates_up.load(Ordering::SeqCst),
+            "rate_limit_reports": s.rate_reports.load(Ordering::Relaxed),
             "presence_lease_ms": self.shared.config.presence_ttl().as_millis() as u64,
             "slot_owner": self.slot_status(),
         })
