@@ -330,3 +330,77 @@ async fn presence_calls_over_three_nodes_are_refused_at_the_cluster_limit() {
     // than with joins; still far from per-node limits.
     assert!((24..=55).contains(&total), "{tracked:?}");
 }
+
+/// Every node streams every database broadcast (`realtime.send`); the tenant's events count
+/// it once, not once per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_broadcast_counts_once_for_the_cluster() {
+    let Some(url) = support::postgres::require_db("a_database_broadcast_counts_once") else {
+        return;
+    };
+    let Some(redis) = require_redis("cluster database broadcast count", false) else {
+        return;
+    };
+    let mut n = Vec::new();
+    for _ in 0..2 {
+        n.push(
+            server(node_config(&redis, |c| {
+                c.max_events_per_second = 1;
+                c.database_url = Some(url.clone());
+                c.slot_name = "slot_clb".into();
+                c.publication = "pub_clb".into();
+                c.pg_resume_grace_ms = 0;
+            }))
+            .await,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ready = true;
+        let mut owners = 0;
+        for srv in &n {
+            let h: Value = reqwest::get(format!("http://{}/api/health", srv.local_addr()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ready &= h["database"]["broadcast_streaming"] == true
+                && h["cluster"]["nodes_seen"] == 2
+                && h["cluster"]["rate_limits_cluster_wide"] == true;
+            owners += usize::from(h["cluster"]["slot_owner"]["this_node"] == true);
+        }
+        if ready && owners == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sql = support::postgres::db(&url).await;
+    for i in 0..40 {
+        sql.execute(
+            "SELECT realtime.send($1::text::jsonb, 'e', 'clb-topic', false)",
+            &[&json!({ "i": i }).to_string()],
+        )
+        .await
+        .unwrap();
+    }
+    // Both nodes stream them (nobody subscribes: no deliveries to count).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let batch = |k: usize| -> Value {
+        (0..k)
+            .map(|i| json!({"topic": "elsewhere", "event": "e", "payload": {"i": i}}))
+            .collect()
+    };
+    // 40 + 15 = 55 of 60: accepted (counted once per node, 80 + 15, it would not be).
+    let (status, body) = rest(&n[0], batch(15)).await;
+    assert_eq!(status, 202, "database broadcasts counted per node: {body}");
+    // And they were counted: 55 + 10 goes over.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = rest(&n[1], batch(10)).await;
+    assert_eq!(status, 429, "database broadcasts not counted at all");
+    for srv in n {
+        srv.shutdown().await;
+    }
+    support::pg_server::drop_slot(&sql, "slot_clb").await;
+}

@@ -430,6 +430,12 @@ impl Cluster {
         }
     }
 
+    /// Whether this node counts database broadcasts against the tenant's events limit: every
+    /// node streams them, the slot reader counts them.
+    pub(crate) fn counts_database_broadcasts(&self) -> bool {
+        self.slot.is_owner()
+    }
+
     /// Whether one more concurrent user fits in the cluster's `limit` (counted if so).
     pub(crate) async fn admit_user(&self, limit: usize) -> bool {
         let (tx, rx) = oneshot::channel();
