@@ -116,7 +116,7 @@ pub(crate) async fn run(
             Ok(()) => {
                 shared.status.rate_reports.fetch_add(1, Ordering::Relaxed);
                 if !live {
-                    tracing::info!(node = %shared.node, "cluster: rate limits count for the whole cluster again");
+                    tracing::info!(node = %shared.node, "cluster: rate limits count for the whole cluster (Redis answers)");
                     live = true;
                     shared.status.rates_up.store(true, Ordering::SeqCst);
                 }
