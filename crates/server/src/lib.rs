@@ -102,9 +102,13 @@ impl Server {
         if let Some(slot) = slot {
             let (cluster, registry) = cluster::Cluster::start(
                 &state.config.cluster,
-                state.events.clone(),
-                state.presence_events.clone(),
-                state.users.clone(),
+                cluster::TenantCounters {
+                    events: state.events.clone(),
+                    joins: state.joins.clone(),
+                    presence_events: state.presence_events.clone(),
+                    db_events: state.db_events.clone(),
+                    users: state.users.clone(),
+                },
                 state.metrics.clone(),
                 slot,
                 shutdown.clone(),

@@ -41,7 +41,9 @@ pub(crate) trait TopicHooks: Send + Sync + std::fmt::Debug {
     /// The topic has no local channel any more.
     fn closed(&self, key: &TopicKey);
     /// A broadcast made on this node, for every node (this one included) to deliver.
-    fn publish(&self, topic: &Topic, body: Body, exclude: Option<SubId>);
+    /// `tenant`: its deliveries count against the tenant's events counter (not a client's
+    /// push, whose receivers' budgets pay instead).
+    fn publish(&self, topic: &Topic, body: Body, exclude: Option<SubId>, tenant: bool);
     /// A presence change made on this node, for the other nodes.
     fn presence(&self, topic: &Topic, diff: &PresenceDiff);
 }
@@ -137,31 +139,32 @@ impl Topic {
     /// one included, through the cluster (which calls [`Topic::broadcast_local`]).
     pub(crate) fn broadcast(&self, body: Body, exclude: Option<SubId>, events: &RateCounter) {
         match &self.hooks {
-            Some(hooks) => hooks.publish(self, body, exclude),
+            Some(hooks) => hooks.publish(self, body, exclude, true),
             None => {
-                self.broadcast_local(body, exclude, events);
+                self.broadcast_local(body, exclude, Some(events));
             }
         }
     }
 
-    /// Fan out to this node's subscribers only. Returns how many got it.
+    /// Fan out to this node's subscribers only, counting the deliveries against `events` if
+    /// given (the tenant's counter: REST and database broadcasts). Returns how many got it.
     pub(crate) fn broadcast_local(
         &self,
         body: Body,
         exclude: Option<SubId>,
-        events: &RateCounter,
+        events: Option<&RateCounter>,
     ) -> usize {
-        self.deliver(body, Some(events), |id, _| Some(id) != exclude)
+        self.deliver(body, events, |id, _| Some(id) != exclude)
     }
 
     /// Fan out what a socket pushed: its own budget paid for the push, each receiver's pays
     /// for its delivery.
     /// In cluster mode it goes to every node through the cluster, whose deliveries count
-    /// against the tenant's counter as well as each receiver's budget; returns 0 then.
+    /// against each receiver's budget only, as here; returns 0 then.
     pub(crate) fn broadcast_from_client(&self, body: Body, exclude: Option<SubId>) -> usize {
         match &self.hooks {
             Some(hooks) => {
-                hooks.publish(self, body, exclude);
+                hooks.publish(self, body, exclude, false);
                 0
             }
             None => self.deliver(body, None, |id, _| Some(id) != exclude),

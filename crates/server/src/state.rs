@@ -23,7 +23,7 @@ pub(crate) struct AppState {
     /// socket's own pushes and deliveries count against its own budget instead.
     pub(crate) events: Arc<RateCounter>,
     /// Channel joins (`max_joins_per_second`).
-    pub(crate) joins: RateCounter,
+    pub(crate) joins: Arc<RateCounter>,
     /// postgres_changes deliveries (`max_db_events_per_second`), when limited.
     pub(crate) db_events: Option<Arc<RateCounter>>,
     /// Presence tracks and diff deliveries (`max_presence_events_per_second`).
@@ -55,7 +55,7 @@ impl AppState {
             jwt: JwtVerifier::new(&config.jwt_secret),
             registry: Arc::new(Registry::new(metrics.clone())),
             events: Arc::new(RateCounter::new(config.max_events_per_second)),
-            joins: RateCounter::new(config.max_joins_per_second),
+            joins: Arc::new(RateCounter::new(config.max_joins_per_second)),
             presence_events: Arc::new(RateCounter::new(config.max_presence_events_per_second)),
             db_events: (config.max_db_events_per_second > 0)
                 .then(|| Arc::new(RateCounter::new(config.max_db_events_per_second))),

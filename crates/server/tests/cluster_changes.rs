@@ -407,3 +407,55 @@ async fn reader_losing_its_database_session_hands_over_nothing_lost() {
     drop(nodes);
     drop_slot(&c, "slot_cls").await;
 }
+
+/// A join without `config` (older clients) on a node that does not read the slot: shared
+/// with the reader like any postgres_changes channel, so its changes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_join_on_a_standby_node_gets_its_changes() {
+    let Some(url) = require_db("legacy_join_on_a_standby_node_gets_its_changes") else {
+        return;
+    };
+    let Some(redis) = require_redis("legacy_join_on_a_standby_node", false) else {
+        return;
+    };
+    let c = db(&url).await;
+    prepare(
+        &c,
+        "cll",
+        "DROP TABLE IF EXISTS pc_cll; CREATE TABLE pc_cll (id int PRIMARY KEY); GRANT SELECT ON pc_cll TO PUBLIC;",
+        &["pc_cll"],
+    )
+    .await;
+    let redis_url = redis.url();
+    let extra = ["--redis-url", redis_url.as_str()];
+    let reader = ServerProc::start(Some(&url), "cll", &extra, 0, None).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster_health(&reader.addr).await["slot_owner"]["this_node"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the first node never read the slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let standby = ServerProc::start(Some(&url), "cll", &extra, 0, None).await;
+    let mut ws = Ws::connect(&standby.addr).await;
+    let topic = "realtime:public:pc_cll:id=eq.1";
+    let r = ws.send(topic, "phx_join", json!({}), None).await;
+    let reply = ws.next_event("phx_reply", WAIT).await.expect("join reply");
+    assert_eq!(reply["ref"], r.as_str());
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    ws.subscribed().await;
+    c.batch_execute("INSERT INTO pc_cll VALUES (2); INSERT INTO pc_cll VALUES (1);")
+        .await
+        .unwrap();
+    let m = ws.next_event("INSERT", Duration::from_secs(20)).await;
+    let m = m.expect("the legacy channel's change never arrived on the standby node");
+    assert_eq!(m["topic"], topic);
+    assert_eq!(m["payload"]["record"], json!({"id": 1}), "{m}");
+    assert!(
+        ws.next_event("INSERT", QUIET).await.is_none(),
+        "only the filtered row"
+    );
+    drop((reader, standby));
+    drop_slot(&c, "slot_cll").await;
+}

@@ -58,8 +58,13 @@ pub(crate) struct LocalSub {
     /// The channel was told `Subscribed` and no error since: the local feed says it again
     /// when its session restarts after a lost slot lease, which is no news to the channel.
     live: Mutex<bool>,
+    /// Sends the channel `phx_error` (its deliveries were lost: it rejoins).
+    lost: Lost,
     changes: Arc<Changes>,
 }
+
+/// Tells a channel that deliveries for it were lost, so that it rejoins (`phx_error`).
+pub(crate) type Lost = Arc<dyn Fn() + Send + Sync>;
 
 impl LocalSub {
     fn deliver(&self, frame: ChangeFrame) {
@@ -195,13 +200,18 @@ impl Changes {
         tokio::spawn(slot.clone().write_loop());
         tokio::spawn(share_loop(changes.clone(), share_rx, shutdown.clone()));
         tokio::spawn(mirror_loop(changes.clone(), feed, shutdown.clone()));
-        tokio::spawn(inbox_loop(changes.clone(), shutdown));
+        tokio::spawn(super::inbox::run(changes.clone(), shutdown));
         changes
     }
 
     /// Share a local channel's subscription with the cluster; returns the request to give
     /// the local feed (its sink wrapped, see the module docs).
-    pub(crate) fn share(self: &Arc<Self>, req: SubscribeRequest, conn: u64) -> SubscribeRequest {
+    pub(crate) fn share(
+        self: &Arc<Self>,
+        req: SubscribeRequest,
+        conn: u64,
+        lost: Lost,
+    ) -> SubscribeRequest {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let bindings: Vec<Json> = req
             .bindings
@@ -222,6 +232,7 @@ impl Changes {
             last: Mutex::new((0, 0)),
             ready: Mutex::new((false, false)),
             live: Mutex::new(false),
+            lost,
             changes: self.clone(),
         });
         self.locals.lock().insert(id, Arc::downgrade(&local));
@@ -258,6 +269,29 @@ impl Changes {
         let _ = self
             .share_tx
             .send(ShareReq::Add(local.id, shared.to_string()));
+    }
+
+    /// Deliveries for this node were lost and cannot be told apart: every local
+    /// postgres_changes channel gets `phx_error` and rejoins.
+    pub(super) fn report_lost(&self, why: &str) {
+        let locals: Vec<Arc<LocalSub>> = self
+            .locals
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for local in &locals {
+            (local.lost)();
+        }
+        self.slot
+            .stats
+            .channels_errored
+            .fetch_add(locals.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            channels = locals.len(),
+            why,
+            "cluster: postgres_changes deliveries lost for this node; phx_error sent so channels rejoin"
+        );
     }
 
     fn local(&self, id: u64) -> Option<Arc<LocalSub>> {
@@ -475,53 +509,8 @@ fn proxy_request(
     })
 }
 
-/// Reads this node's inbox and hands each delivery to its local channel.
-async fn inbox_loop(changes: Arc<Changes>, shutdown: CancellationToken) {
-    let slot = changes.slot.clone();
-    let key = slot.inbox_key(&slot.node);
-    let mut last_id = "0".to_string();
-    let mut conn = None;
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        if conn.is_none() {
-            conn = slot.connect(Duration::from_secs(5)).await.ok();
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(2000)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(&key)
-            .arg(&last_id);
-        let read = tokio::select! {
-            r = cmd.query_async::<Value>(c) => r,
-            () = shutdown.cancelled() => return,
-        };
-        let reply = match read {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "cluster: postgres_changes inbox read failed");
-                conn = None;
-                continue;
-            }
-        };
-        for (id, entry) in stream_entries(reply) {
-            last_id = id;
-            changes.slot.stats.received.fetch_add(1, Ordering::Relaxed);
-            handle(&changes, &entry);
-        }
-    }
-}
-
-fn handle(changes: &Changes, entry: &[u8]) {
+/// One inbox entry for a local channel.
+pub(super) fn handle(changes: &Changes, entry: &[u8]) {
     let Ok(v) = serde_json::from_slice::<Json>(entry) else {
         tracing::warn!("cluster: undecodable postgres_changes delivery ignored");
         return;
@@ -566,7 +555,7 @@ fn handle(changes: &Changes, entry: &[u8]) {
 }
 
 /// XREAD's reply as (entry id, field `d`).
-fn stream_entries(reply: Value) -> Vec<(String, Vec<u8>)> {
+pub(super) fn stream_entries(reply: Value) -> Vec<(String, Vec<u8>)> {
     fn text(v: Value) -> Option<Vec<u8>> {
         match v {
             Value::BulkString(b) => Some(b),

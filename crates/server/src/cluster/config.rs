@@ -34,6 +34,12 @@ pub struct ClusterConfig {
     #[arg(long, env = "CLUSTER_OUTAGE_BUFFER", default_value_t = 10_000)]
     pub cluster_outage_buffer: usize,
 
+    /// postgres_changes deliveries a node's inbox keeps for it (it reads them as they come).
+    /// A node stalled past this loses the oldest: its postgres_changes channels get
+    /// `phx_error` and rejoin.
+    #[arg(long, env = "CLUSTER_INBOX_MAX", default_value_t = 200_000)]
+    pub cluster_inbox_max: usize,
+
     /// The replication slot's reader holds its lease this long and renews it every third of
     /// it: when the reader dies, another node reads the slot within about this time.
     #[arg(long, env = "CLUSTER_SLOT_LEASE_MS", default_value_t = 5_000)]

@@ -14,6 +14,7 @@ use supa_realtime_protocol::{Message, UserBroadcast, UserPayload};
 
 use crate::fanout::Body;
 use crate::fanout::SubId;
+use crate::limits::RateCounter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Kind {
@@ -55,6 +56,11 @@ pub(crate) struct Header {
     /// Already delivered on the origin node (published late, after a Redis outage).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) d: bool,
+    /// A REST or database broadcast: its deliveries count against the tenant's events
+    /// counter on every node, as on one node. A client's push does not (each receiver's own
+    /// budget pays for its delivery).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) t: bool,
     /// Presence ref (unique per meta).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) r: Option<String>,
@@ -93,6 +99,7 @@ fn header(node: &str, k: Kind) -> Header {
         e: None,
         x: None,
         d: false,
+        t: false,
         r: None,
         p: None,
         m: None,
@@ -106,12 +113,14 @@ fn join(header: &Header, body: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Encode a broadcast made on `node`.
+/// Encode a broadcast made on `node`; `tenant`: its deliveries count against the tenant's
+/// events counter (REST and database broadcasts).
 pub(crate) fn encode_body(
     node: &str,
     body: &Body,
     exclude: Option<SubId>,
     delivered: bool,
+    tenant: bool,
 ) -> Bytes {
     let (kind, event, meta, bytes): (Kind, &str, Option<String>, Vec<u8>) = match body {
         Body::Json(m) => (
@@ -138,6 +147,7 @@ pub(crate) fn encode_body(
     h.e = Some(event.to_owned());
     h.x = exclude;
     h.d = delivered;
+    h.t = tenant;
     h.m = meta;
     join(&h, &bytes)
 }
@@ -194,6 +204,12 @@ pub(crate) fn split_position(bytes: Bytes) -> Result<(u64, String, Bytes), Envel
 }
 
 impl Envelope {
+    /// The counter this broadcast's deliveries count against besides each receiver's budget:
+    /// the tenant's `events` for a REST or database broadcast, none for a client's push.
+    pub(crate) fn tenant_counter<'a>(&self, events: &'a RateCounter) -> Option<&'a RateCounter> {
+        self.header.t.then_some(events)
+    }
+
     /// The broadcast body for delivery on a topic whose wire name is `wire_topic`.
     pub(crate) fn body(&self, wire_topic: &str) -> Result<Body, EnvelopeError> {
         let h = &self.header;
@@ -247,9 +263,14 @@ mod tests {
             "broadcast",
             json!({"a": [1, "x\n"]}),
         ));
-        let e = decode(encode_body("n1", &m, Some(7), false)).unwrap();
+        let e = decode(encode_body("n1", &m, Some(7), false, true)).unwrap();
         assert_eq!(e.header.x, Some(7));
         assert!(!e.header.d);
+        let events = RateCounter::new(1);
+        assert!(
+            e.tenant_counter(&events).is_some(),
+            "a REST broadcast counts"
+        );
         match e.body("realtime:t").unwrap() {
             Body::Json(m) => assert_eq!(m.payload, json!({"a": [1, "x\n"]})),
             other => panic!("{other:?}"),
@@ -262,9 +283,13 @@ mod tests {
             metadata: None,
             payload: UserPayload::Binary(Bytes::from_static(b"\x00\n\xff")),
         });
-        let enc = encode_body("n1", &b, None, false);
+        let enc = encode_body("n1", &b, None, false, false);
         let marked = decode(mark_delivered(&enc).unwrap()).unwrap();
         assert!(marked.header.d);
+        assert!(
+            marked.tenant_counter(&events).is_none(),
+            "a client's push does not"
+        );
         match marked.body("realtime:t").unwrap() {
             Body::User(u) => {
                 assert_eq!(u.event, "ev");

@@ -3,7 +3,8 @@
 //! A topic is identified as `<0|1>:<name>` (public or private, then the sub-topic), so the
 //! two rooms of one name never mix. Per topic: a pub/sub channel, a stream of recent
 //! messages, a meta hash (`e` epoch, `s` top offset) and a presence hash. Cluster-wide: one
-//! sorted set of presence lease expiries and one of node heartbeats.
+//! sorted set of presence lease expiries and one of node heartbeats; per rate counter, one
+//! key per 5 s bucket.
 
 use crate::registry::TopicKey;
 
@@ -69,6 +70,11 @@ impl Keys {
     /// Concurrent users per node (field: node id).
     pub(crate) fn users(&self) -> String {
         format!("{}:users", self.prefix)
+    }
+
+    /// The cluster's count of the rate counter `name` in the 5 s bucket `bucket`.
+    pub(crate) fn rate(&self, name: &str, bucket: u64) -> String {
+        format!("{}:rate:{name}:{bucket}", self.prefix)
     }
 
     /// Node heartbeats (ms since the epoch), member the node id.

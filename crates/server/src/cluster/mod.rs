@@ -25,7 +25,9 @@
 //! held and confirms a position only after the deliveries before it are in Redis. Every node
 //! shares its channels' subscriptions and mirrors the others' into its own feed, so the reader
 //! checks RLS for the whole cluster; deliveries for other nodes go to their inbox streams, and
-//! receivers drop what a new reader sends again after a takeover (`changes.rs`).
+//! receivers drop what a new reader sends again after a takeover (`changes.rs`). Inbox entries
+//! are numbered and the inbox has an epoch, so a node tells entries lost to trimming or to
+//! Redis losing its data, and its postgres_changes channels get `phx_error` (`inbox.rs`).
 //!
 //! **Redis faults.** The writer task ([`publisher`]) and the reader task ([`subscriber`]) each
 //! own their connections and reconnect on their own. While the writer cannot reach Redis, a
@@ -40,19 +42,25 @@
 //! writes its exact count every second, so leaves and refused joins are reconciled within a
 //! second and a dead node's users stop counting once its heartbeat is stale (5 s). A count is
 //! worth one round trip per new user because it is exact; while Redis is unreachable a node
-//! admits up to its share (limit / nodes last seen). The rate limits (events, joins, presence
-//! per second) stay per node: they are on the hot path and averaged over 60 s, so each node
-//! enforces them on what it serves.
+//! admits up to its share (limit / nodes last seen). The tenant's rate limits (events, joins,
+//! presence per second, averaged over 60 s) count for the cluster too, but they are on the
+//! hot path: each node counts locally and reports its counts to Redis every 10 ms, bringing
+//! back the cluster's window totals (`rates.rs`, which states the accuracy bound); without
+//! Redis a node enforces its share. A socket's own budgets (its events, its channel's presence
+//! calls) stay where the socket is.
 
 mod changes;
 mod config;
 mod envelope;
+mod inbox;
 mod keys;
 mod publisher;
+mod rates;
 mod scripts;
 mod slot;
 mod subscriber;
 
+pub(crate) use changes::Lost;
 pub(crate) use slot::SlotReader;
 
 use std::collections::HashSet;
@@ -116,6 +124,12 @@ pub(crate) struct Status {
     gaps_reported: AtomicU64,
     caught_up: AtomicU64,
     channels_errored: AtomicU64,
+    /// Whether the rate limits count for the cluster (Redis answers their reports).
+    rates_up: AtomicBool,
+    /// The rate limits' fallback was logged once already.
+    rates_warned: AtomicBool,
+    /// Reports of the rate counters Redis answered.
+    rate_reports: AtomicU64,
     /// Topics some of whose broadcasts could not be queued: the writer reports them.
     overflowed: Mutex<HashSet<TopicKey>>,
 }
@@ -196,15 +210,16 @@ impl TopicHooks for Hooks {
         let _ = self.sub_tx.send(SubReq::Closed(key.clone()));
     }
 
-    fn publish(&self, topic: &Topic, body: Body, exclude: Option<SubId>) {
+    fn publish(&self, topic: &Topic, body: Body, exclude: Option<SubId>, tenant: bool) {
         let shared = &self.shared;
         let up = shared.status.publisher_up.load(Ordering::SeqCst);
         // Redis down: local channels get it now; the writer keeps it for the other nodes.
-        let envelope = envelope::encode_body(&shared.node, &body, exclude, !up);
+        let envelope = envelope::encode_body(&shared.node, &body, exclude, !up, tenant);
+        let events = tenant.then_some(&*shared.events);
         let mut body = Some(body);
         if !up {
             if let Some(body) = body.take() {
-                topic.broadcast_local(body, exclude, &shared.events);
+                topic.broadcast_local(body, exclude, events);
             }
         }
         let req = PubReq::Publish {
@@ -214,7 +229,7 @@ impl TopicHooks for Hooks {
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.pub_tx.try_send(req) {
             if let Some(body) = body.take() {
-                topic.broadcast_local(body, exclude, &shared.events);
+                topic.broadcast_local(body, exclude, events);
             }
             tracing::warn!(topic = %topic.key.name, "cluster publish queue full: delivered on this node only, other nodes are told they missed messages");
             shared.status.overflowed.lock().insert(topic.key.clone());
@@ -253,6 +268,18 @@ impl TopicHooks for Hooks {
     }
 }
 
+/// The tenant's counters, which count for the cluster as a whole.
+#[derive(Debug)]
+pub(crate) struct TenantCounters {
+    pub(crate) events: Arc<RateCounter>,
+    pub(crate) joins: Arc<RateCounter>,
+    pub(crate) presence_events: Arc<RateCounter>,
+    /// postgres_changes deliveries, when limited.
+    pub(crate) db_events: Option<Arc<RateCounter>>,
+    /// This node's concurrent users.
+    pub(crate) users: Arc<AtomicUsize>,
+}
+
 /// The handle the rest of the server uses in cluster mode.
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -278,13 +305,16 @@ impl Cluster {
 
     /// A local channel's postgres_changes request, shared with the cluster (unchanged when
     /// the node has no database).
+    /// `lost` sends the channel `phx_error` when deliveries for it were lost (its inbox was
+    /// trimmed, or Redis lost it), so that it rejoins.
     pub(crate) fn share_postgres(
         &self,
         req: crate::postgres::SubscribeRequest,
         conn: u64,
+        lost: Lost,
     ) -> crate::postgres::SubscribeRequest {
         match self.changes.get() {
-            Some(c) => c.share(req, conn),
+            Some(c) => c.share(req, conn, lost),
             None => req,
         }
     }
@@ -301,13 +331,18 @@ impl Cluster {
     /// the cluster (it replaces the single-node registry).
     pub(crate) fn start(
         config: &ClusterConfig,
-        events: Arc<RateCounter>,
-        presence_events: Arc<RateCounter>,
-        users: Arc<AtomicUsize>,
+        tenant: TenantCounters,
         metrics: Arc<Metrics>,
         slot: Arc<SlotReader>,
         shutdown: CancellationToken,
     ) -> Result<(Cluster, Arc<Registry>), ClusterError> {
+        let TenantCounters {
+            events,
+            joins,
+            presence_events,
+            db_events,
+            users,
+        } = tenant;
         let url = config.redis_url.clone().unwrap_or_default();
         let client = redis::Client::open(url.as_str()).map_err(ClusterError::Url)?;
         let shared = Arc::new(Shared {
@@ -316,10 +351,18 @@ impl Cluster {
             keys: Keys::new(&config.redis_prefix),
             client,
             status: Status::default(),
-            events,
-            presence_events,
+            events: events.clone(),
+            presence_events: presence_events.clone(),
             users,
         });
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut pooled = vec![
+            rates::Pooled::new("events", events, &wake),
+            rates::Pooled::new("joins", joins, &wake),
+            rates::Pooled::new("presence", presence_events, &wake),
+        ];
+        pooled.extend(db_events.map(|c| rates::Pooled::new("db_events", c, &wake)));
+        tokio::spawn(rates::run(shared.clone(), pooled, wake, shutdown.clone()));
         let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let hooks = Arc::new(Hooks {
@@ -373,7 +416,7 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         let req = PubReq::Publish {
             key: key.clone(),
-            envelope: envelope::encode_body(&self.shared.node, body, None, false),
+            envelope: envelope::encode_body(&self.shared.node, body, None, false, true),
             confirm: Some(tx),
         };
         self.pub_tx
@@ -385,6 +428,12 @@ impl Cluster {
             Ok(Err(_)) => Err(ClusterError::Unavailable),
             Err(_) => Err(ClusterError::Timeout),
         }
+    }
+
+    /// Whether this node counts database broadcasts against the tenant's events limit: every
+    /// node streams them, the slot reader counts them.
+    pub(crate) fn counts_database_broadcasts(&self) -> bool {
+        self.slot.is_owner()
     }
 
     /// Whether one more concurrent user fits in the cluster's `limit` (counted if so).
@@ -425,6 +474,8 @@ impl Cluster {
             "messages_caught_up": s.caught_up.load(Ordering::SeqCst),
             "gaps_reported": s.gaps_reported.load(Ordering::SeqCst),
             "channels_errored": s.channels_errored.load(Ordering::SeqCst),
+            "rate_limits_cluster_wide": s.rates_up.load(Ordering::SeqCst),
+            "rate_limit_reports": s.rate_reports.load(Ordering::Relaxed),
             "presence_lease_ms": self.shared.config.presence_ttl().as_millis() as u64,
             "slot_owner": self.slot_status(),
         })
@@ -449,6 +500,9 @@ impl Cluster {
             "duplicates_dropped": st.duplicates_dropped.load(Ordering::Relaxed),
             "fenced_dropped": st.fenced_dropped.load(Ordering::Relaxed),
             "write_retries": st.write_retries.load(Ordering::Relaxed),
+            "inbox_lost": st.inbox_lost.load(Ordering::Relaxed),
+            "inbox_resets": st.inbox_resets.load(Ordering::Relaxed),
+            "channels_errored": st.channels_errored.load(Ordering::Relaxed),
         })
     }
 }

@@ -337,7 +337,8 @@ impl Writer {
         }
         if let Some(topic) = self.registry.get(key) {
             if let Ok(body) = decoded.body(&topic.wire_topic()) {
-                topic.broadcast_local(body, decoded.header.x, &self.shared.events);
+                let events = decoded.tenant_counter(&self.shared.events);
+                topic.broadcast_local(body, decoded.header.x, events);
             }
         }
         envelope::mark_delivered(&envelope).ok()

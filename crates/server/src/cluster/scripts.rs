@@ -125,6 +125,35 @@ return 1
     )
 });
 
+/// Add this node's counts to the rate counters' current buckets and answer each counter's
+/// window total.
+///
+/// KEYS: per counter, its `buckets` bucket keys, current first. ARGV: one delta per counter,
+/// then buckets per window, then a bucket's time to live (ms). Returns the totals in order.
+pub(crate) static RATES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local buckets = tonumber(ARGV[#ARGV - 1])
+local ttl = ARGV[#ARGV]
+local out = {}
+for c = 1, #ARGV - 2 do
+  local base = (c - 1) * buckets
+  local delta = tonumber(ARGV[c])
+  if delta > 0 then
+    redis.call('incrby', KEYS[base + 1], delta)
+    redis.call('pexpire', KEYS[base + 1], ttl)
+  end
+  local sum = 0
+  for _, v in ipairs(redis.call('mget', unpack(KEYS, base + 1, base + buckets))) do
+    if v then sum = sum + tonumber(v) end
+  end
+  out[c] = sum
+end
+return out
+"#,
+    )
+});
+
 /// Every script, to load after each (re)connect: a restarted Redis has none.
 pub(crate) fn all() -> [&'static Script; 5] {
     [&PUBLISH, &PRESENCE_GET, &HISTORY, &RENEW, &USERS_ADMIT]

@@ -9,7 +9,8 @@
 //!
 //! **Deliveries.** The holder's feed hands every change for a channel of another node to
 //! [`SlotReader::send`], which queues it for that node's inbox stream
-//! (`<prefix>:pg:inbox:<node>`), tagged with the fencing token and the change's position.
+//! (`<prefix>:pg:inbox:<node>`), tagged with the fencing token and the change's position, under
+//! the inbox's next number (`inbox.rs`, which tells lost entries).
 //! Before the feed confirms a position, [`SlotGate::flushed`] waits until the queue is written
 //! to Redis, so a reader killed at any moment has confirmed only what the other nodes have:
 //! the next holder starts from the slot's confirmed position and nothing committed is
@@ -30,8 +31,6 @@ use tokio_util::sync::CancellationToken;
 use super::ClusterError;
 use crate::postgres::{ChangePosition, SlotGate};
 
-/// A node's inbox keeps at most about this many deliveries (it reads them as they come).
-const INBOX_MAX: usize = 200_000;
 /// Deliveries written to Redis per round trip.
 const WRITE_BATCH: usize = 2_000;
 
@@ -79,6 +78,12 @@ pub(crate) struct SlotStats {
     pub(crate) duplicates_dropped: AtomicU64,
     pub(crate) fenced_dropped: AtomicU64,
     pub(crate) write_retries: AtomicU64,
+    /// Deliveries for this node trimmed from its inbox before it read them.
+    pub(crate) inbox_lost: AtomicU64,
+    /// Times this node found its inbox lost by Redis (a new epoch).
+    pub(crate) inbox_resets: AtomicU64,
+    /// postgres_changes channels of this node sent `phx_error` for lost deliveries.
+    pub(crate) channels_errored: AtomicU64,
 }
 
 /// The node's side of the slot lease and the outgoing deliveries.
@@ -89,6 +94,8 @@ pub(crate) struct SlotReader {
     lease_key: String,
     fence_key: String,
     ttl: Duration,
+    /// An inbox keeps about this many deliveries (`--cluster-inbox-max`).
+    inbox_max: usize,
     /// The token while this node holds the lease, 0 otherwise.
     token: AtomicU64,
     owner: AtomicBool,
@@ -128,6 +135,7 @@ impl SlotReader {
             fence_key: format!("{prefix}:pg:fence:{slot_name}"),
             prefix,
             ttl: Duration::from_millis(config.cluster_slot_lease_ms.max(300)),
+            inbox_max: config.cluster_inbox_max.max(1),
             token: AtomicU64::new(0),
             owner: AtomicBool::new(false),
             holder: Mutex::new(None),
@@ -307,31 +315,41 @@ impl SlotReader {
                 }
             }
             if conn.is_none() {
-                conn = self.connect(Duration::from_secs(3)).await.ok();
+                // A restarted Redis has no scripts: loaded on every connect.
+                if let Ok(mut c) = self.connect(Duration::from_secs(3)).await {
+                    let loaded = super::inbox::WRITE
+                        .prepare_invoke()
+                        .load_async(&mut c)
+                        .await;
+                    conn = loaded.is_ok().then_some(c);
+                }
             }
             let Some(c) = conn.as_mut() else {
                 self.stats.write_retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
+            // One numbered append per run of deliveries for the same node, in order.
             let mut pipe = redis::pipe();
-            let mut nodes: Vec<&str> = Vec::new();
-            for d in &batch {
-                pipe.cmd("XADD")
-                    .arg(self.inbox_key(&d.node))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(INBOX_MAX)
-                    .arg("*")
-                    .arg("d")
-                    .arg(&d.entry)
-                    .ignore();
-                if !nodes.contains(&d.node.as_str()) {
-                    nodes.push(&d.node);
+            let mut i = 0;
+            while i < batch.len() {
+                let node = &batch[i].node;
+                let run = batch[i..].iter().take_while(|d| d.node == *node).count();
+                let inbox = self.inbox_key(node);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(super::inbox::WRITE.get_hash())
+                    .arg(2)
+                    .arg(&inbox)
+                    .arg(super::inbox::meta_key(&inbox))
+                    .arg(self.inbox_max)
+                    .arg(super::inbox::INBOX_TTL_S)
+                    // fresh each time: an inbox Redis lost must not get its old epoch back
+                    .arg(super::inbox::new_epoch());
+                for d in &batch[i..i + run] {
+                    cmd.arg(&d.entry);
                 }
-            }
-            for n in nodes {
-                pipe.cmd("EXPIRE").arg(self.inbox_key(n)).arg(120).ignore();
+                pipe.add_command(cmd).ignore();
+                i += run;
             }
             match pipe.query_async::<()>(c).await {
                 Ok(()) => {

@@ -331,7 +331,8 @@ impl Reader {
                 let exclude = if mine { e.header.x } else { None };
                 match e.body(&t.topic.wire_topic()) {
                     Ok(body) => {
-                        t.topic.broadcast_local(body, exclude, &s.events);
+                        t.topic
+                            .broadcast_local(body, exclude, e.tenant_counter(&s.events));
                     }
                     Err(err) => {
                         tracing::warn!(channel, error = %err, "cluster: unreadable broadcast ignored")

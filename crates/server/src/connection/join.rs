@@ -325,6 +325,7 @@ impl Connection {
             .collect();
         let outbox = self.outbox.clone();
         let serializer = self.serializer;
+        let lost = self.phx_error_notice(wire_topic, join_ref);
         let wire_topic = wire_topic.to_owned();
         let channel_name = name.to_owned();
         let join_ref = join_ref.clone();
@@ -363,7 +364,7 @@ impl Connection {
         };
         // cluster mode: shared so the slot's reader (maybe another node) checks it too
         let request = match &self.state.cluster {
-            Some(cluster) => cluster.share_postgres(request, self.id),
+            Some(cluster) => cluster.share_postgres(request, self.id, lost),
             None => request,
         };
         self.state.feed.subscribe(request)
@@ -422,6 +423,29 @@ fn with_ids(items: &[Value]) -> Value {
             })
             .collect(),
     )
+}
+
+impl Connection {
+    /// Cluster mode: what tells a postgres_changes channel that deliveries for it were lost
+    /// on the way to this node (`phx_error`, so that its client rejoins).
+    pub(super) fn phx_error_notice(
+        &self,
+        wire_topic: &str,
+        join_ref: &Option<String>,
+    ) -> crate::cluster::Lost {
+        let (outbox, serializer) = (self.outbox.clone(), self.serializer);
+        let (topic, join_ref) = (wire_topic.to_owned(), join_ref.clone());
+        Arc::new(move || {
+            let m = Message::new(
+                join_ref.clone(),
+                join_ref.clone(),
+                topic.clone(),
+                event::PHX_ERROR,
+                json!({}),
+            );
+            outbox.send(to_ws(serializer.encode_server_message(&m)));
+        })
+    }
 }
 
 pub(super) fn feed_message(

@@ -42,6 +42,7 @@ impl Connection {
     ) -> Option<Subscription> {
         self.state.database.as_ref()?;
         let params = params(name);
+        let lost = self.phx_error_notice(wire_topic, join_ref);
         let outbox = self.outbox.clone();
         let serializer = self.serializer;
         let (wire, channel, join_ref) = (wire_topic.to_owned(), name.to_owned(), join_ref.clone());
@@ -62,7 +63,7 @@ impl Connection {
             outbox.send(to_ws(frame));
         });
         let sink = self.limit_db_events(sink, name);
-        Some(self.state.feed.subscribe(SubscribeRequest {
+        let request = SubscribeRequest {
             topic: name.to_owned(),
             claims: Value::Object(claims.raw.clone()),
             bindings: vec![Binding {
@@ -70,7 +71,14 @@ impl Connection {
                 params,
             }],
             sink,
-        }))
+        };
+        // Cluster mode: shared like any postgres_changes channel, so the slot's reader (maybe
+        // another node) delivers to it.
+        let request = match &self.state.cluster {
+            Some(cluster) => cluster.share_postgres(request, self.id, lost),
+            None => request,
+        };
+        Some(self.state.feed.subscribe(request))
     }
 }
 

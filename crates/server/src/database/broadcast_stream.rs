@@ -189,7 +189,13 @@ fn deliver(state: &AppState, r: &Relation, row: &[Datum]) {
         );
         return;
     }
-    if state.events.add_and_check(1) {
+    // In cluster mode every node streams every message: the slot reader alone counts the
+    // message itself (each node counts its own deliveries), so it counts once for the tenant.
+    let counted = state
+        .cluster
+        .as_ref()
+        .is_none_or(|c| c.counts_database_broadcasts());
+    if state.events.add_and_check(u64::from(counted)) {
         tracing::warn!(
             topic,
             id,
