@@ -1,0 +1,248 @@
+//! The loop side of an asyncio client: one [`LoopHub`] per event loop, through which the
+//! Rust runtime hands work to that loop's thread.
+//!
+//! # Why
+//!
+//! A tokio worker must never take the GIL: while it waits for the interpreter it reads no
+//! socket and answers no heartbeat, and the loop thread that holds the GIL is the very
+//! thread that would have to let go. So the runtime side only ever produces *Rust* data
+//! (events in the client's bounded queues, a finished future's `Result`) and wakes the
+//! loop; the loop thread turns that data into Python objects and runs the callbacks,
+//! holding the GIL it already has. One cross-thread hop per batch, none of them with the
+//! GIL.
+//!
+//! # How
+//!
+//! * The wake is a byte written into a non-blocking socket pair whose reading end is
+//!   registered with `loop.add_reader` (see `supa_realtime._dispatch.hub`). Writing needs no
+//!   GIL and no Python; an `armed` flag keeps it to one write per drain however many events
+//!   or completions arrive meanwhile. The loop's reader callback is [`LoopHub::drain`].
+//! * Events: the client's event streams are polled **on the loop thread** with a
+//!   [`std::task::Waker`] that writes that byte ([`crate::dispatch::LoopDelivery`]): the
+//!   connection task pushes an event into a stream's bounded queue and the stream's waker
+//!   wakes the loop; there is no forwarder task in between. A drain takes up to
+//!   [`crate::dispatch::MAX_BATCH`] events, runs their callbacks and, if more were queued,
+//!   wakes itself for the next turn of the loop (other ready handles run in between).
+//!   Backpressure is the client's: events the loop has not taken stay in the stream's
+//!   queue, and a full queue stops the reading of the socket (`supa_realtime::queue`).
+//!   `async def` callbacks run as tasks; at most [`MAX_IN_FLIGHT`] batches with unfinished
+//!   tasks are outstanding before the hub stops taking events, so a loop that falls behind
+//!   slows the socket too.
+//! * Awaitables ([`crate::awaitable`]): the asyncio future is created on the loop, the Rust
+//!   future runs on the runtime and its `Result` is queued here by id; the drain settles
+//!   the asyncio future (building the exception, if any, on the loop thread).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Wake, Waker};
+
+use pyo3::prelude::*;
+use supa_realtime::Error;
+
+use crate::dispatch::{log_error, LoopDelivery, MAX_BATCH};
+
+/// Batches with unfinished `async def` callbacks before the hub stops taking events.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// What the runtime side of a hub shares with the loop side: the wake and the completed
+/// futures. Everything here is plain Rust; no method takes the GIL.
+pub(crate) struct HubCore {
+    wake_tx: UnixStream,
+    /// A wake byte is written and not yet drained.
+    armed: AtomicBool,
+    completions: Mutex<Vec<(u64, Result<(), Error>)>>,
+    /// Batches run whose `async def` tasks have not all finished.
+    in_flight: AtomicUsize,
+}
+
+impl HubCore {
+    /// The result of awaitable `id`, settled on the loop at its next drain.
+    pub(crate) fn complete(&self, id: u64, result: Result<(), Error>) {
+        if let Ok(mut c) = self.completions.lock() {
+            c.push((id, result));
+        }
+        self.wake_now();
+    }
+
+    pub(crate) fn wake_now(&self) {
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            // WouldBlock means bytes are already waiting: the loop wakes anyway.
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    /// A batch with `async def` callbacks finished.
+    pub(crate) fn release(&self) {
+        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before >= MAX_IN_FLIGHT {
+            self.wake_now();
+        }
+    }
+}
+
+impl Wake for HubCore {
+    fn wake(self: Arc<Self>) {
+        self.wake_now();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_now();
+    }
+}
+
+/// One event loop's hub (made and registered by `supa_realtime._dispatch.hub`).
+#[pyclass(frozen, module = "supa_realtime._native")]
+pub(crate) struct LoopHub {
+    pub(crate) core: Arc<HubCore>,
+    wake_rx: UnixStream,
+    /// Awaitables not yet settled, by id: only touched on the loop thread.
+    futures: Mutex<HashMap<u64, Py<PyAny>>>,
+    next_id: AtomicU64,
+    /// The async clients whose callbacks run on this loop.
+    clients: Mutex<Vec<Weak<LoopDelivery>>>,
+    /// Where the next drain starts among `clients` (fairness across clients).
+    turn: AtomicUsize,
+}
+
+impl LoopHub {
+    /// Remember `future` as awaitable `id`'s.
+    pub(crate) fn register(&self, future: Py<PyAny>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.futures.lock() {
+            f.insert(id, future);
+        }
+        id
+    }
+
+    /// Forget awaitable `id` (its future is done: settled or cancelled).
+    pub(crate) fn forget(&self, id: u64) -> Option<Py<PyAny>> {
+        self.futures.lock().ok()?.remove(&id)
+    }
+
+    pub(crate) fn attach_client(&self, client: &Arc<LoopDelivery>) {
+        if let Ok(mut c) = self.clients.lock() {
+            c.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(client)));
+            c.push(Arc::downgrade(client));
+        }
+        self.core.wake_now();
+    }
+
+    pub(crate) fn detach_client(&self, client: &LoopDelivery) {
+        if let Ok(mut c) = self.clients.lock() {
+            c.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), client));
+        }
+    }
+
+    fn settle(&self, py: Python<'_>, id: u64, result: Result<(), Error>) -> PyResult<()> {
+        let Some(fut) = self.forget(id) else {
+            return Ok(()); // cancelled meanwhile
+        };
+        let fut = fut.bind(py);
+        if fut.call_method0("done")?.is_truthy()? {
+            return Ok(());
+        }
+        match result {
+            Ok(()) => fut.call_method1("set_result", (py.None(),))?,
+            Err(e) => {
+                fut.call_method1("set_exception", (crate::errors::exception_value(py, &e)?,))?
+            }
+        };
+        Ok(())
+    }
+
+    /// Take up to a batch of events from the clients of this loop.
+    fn pull(&self, cx: &mut Context<'_>) -> (Vec<crate::dispatch::Item>, bool) {
+        let clients: Vec<Arc<LoopDelivery>> = match self.clients.lock() {
+            Ok(mut c) => {
+                c.retain(|w| w.strong_count() > 0);
+                c.iter().filter_map(Weak::upgrade).collect()
+            }
+            Err(_) => return (Vec::new(), false),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        let n = clients.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            if items.len() >= MAX_BATCH {
+                more = true;
+                break;
+            }
+            more |= clients[(start + k) % n].pull(cx, &mut items, MAX_BATCH);
+        }
+        (items, more)
+    }
+}
+
+#[pymethods]
+impl LoopHub {
+    #[new]
+    fn py_new() -> PyResult<Self> {
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        Ok(LoopHub {
+            core: Arc::new(HubCore {
+                wake_tx,
+                armed: AtomicBool::new(false),
+                completions: Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+            }),
+            wake_rx,
+            futures: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            clients: Mutex::new(Vec::new()),
+            turn: AtomicUsize::new(0),
+        })
+    }
+
+    /// The file descriptor the loop watches (`loop.add_reader`).
+    fn fileno(&self) -> i32 {
+        self.wake_rx.as_raw_fd()
+    }
+
+    /// Awaitables of this loop not yet settled (for tests: cancellation leaves none).
+    #[getter]
+    fn pending(&self) -> usize {
+        self.futures.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    /// The loop's reader callback: settle finished awaitables, then take a batch of events
+    /// and run its callbacks.
+    fn drain(&self, py: Python<'_>) {
+        // One read: `armed` keeps the bytes written per drain to one, and any left make the
+        // descriptor readable again, which only costs an extra, empty drain.
+        let mut buf = [0u8; 64];
+        let _ = (&self.wake_rx).read(&mut buf);
+        // After reading the bytes, before looking at the queues: a wake from now on writes
+        // a new byte, so nothing pushed after this point waits for a later unrelated wake.
+        self.core.armed.store(false, Ordering::Release);
+        let done = match self.core.completions.lock() {
+            Ok(mut c) => std::mem::take(&mut *c),
+            Err(_) => Vec::new(),
+        };
+        for (id, result) in done {
+            if let Err(e) = self.settle(py, id, result) {
+                log_error(py, "supa_realtime: could not complete an awaitable", e);
+            }
+        }
+        if self.core.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
+            return; // `release` wakes the hub when a slot frees
+        }
+        let waker = Waker::from(self.core.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (items, more) = self.pull(&mut cx);
+        if more {
+            self.core.wake_now();
+        }
+        if items.is_empty() {
+            return;
+        }
+        self.core.in_flight.fetch_add(1, Ordering::AcqRel);
+        crate::dispatch::run_on_loop(py, &items, self.core.clone());
+    }
+}
