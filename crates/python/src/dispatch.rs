@@ -29,11 +29,11 @@
 //! Only the loop threads, the callback threads (and the logging thread,
 //! [`crate::logging`]) attach to Python; tokio's worker threads never do.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use futures_util::Stream;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use supa_realtime::{ClientEvent, EventStream};
@@ -45,6 +45,8 @@ use crate::hub::{HubCore, LoopHub};
 
 /// Most items handed to Python in one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
+/// Most events taken from one stream at once.
+pub(crate) const SOURCE_BATCH: usize = 256;
 
 /// One callback call: a handler and the event it gets.
 pub(crate) struct Item {
@@ -78,12 +80,24 @@ pub(crate) fn set_open(shared: &SharedClientHandlers, open: bool) {
 /// What one [`Source::pull`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pulled {
-    /// Stopped at the limit: more may be queued (no wake is registered).
+    /// Took events: more may be queued, and no wake is registered (pull again).
     More,
     /// The stream is empty; its waker is registered.
     Idle,
     /// The stream has ended.
     Ended,
+}
+
+/// Up to `limit` events of `stream` if any are queued. The `recv_many` future is polled
+/// once and dropped: pending, it has taken nothing and left `cx`'s waker registered with
+/// the channel (tokio's receivers are cancel-safe); ready, the queue's accounting is done
+/// once for the whole batch.
+fn poll_batch<T, S>(
+    stream: &mut EventStream<T, S>,
+    cx: &mut Context<'_>,
+    limit: usize,
+) -> Poll<Vec<T>> {
+    std::pin::pin!(stream.recv_many(limit)).poll(cx)
 }
 
 /// A stream of events and the handlers they are offered to.
@@ -109,21 +123,20 @@ where
             Ok(g) => g.clone(),
             Err(_) => return Pulled::Ended,
         };
-        for _ in 0..limit {
-            match std::pin::Pin::new(&mut self.stream).poll_next(cx) {
-                Poll::Ready(Some(raw)) => {
-                    let event = Arc::new((self.make)(raw));
-                    for h in &hs {
-                        if h.wants(&event) {
-                            out.push(Item {
-                                handler: h.clone(),
-                                event: event.clone(),
-                            });
-                        }
-                    }
+        let batch = match poll_batch(&mut self.stream, cx, limit) {
+            Poll::Pending => return Pulled::Idle,
+            Poll::Ready(b) if b.is_empty() => return Pulled::Ended,
+            Poll::Ready(b) => b,
+        };
+        for raw in batch {
+            let event = Arc::new((self.make)(raw));
+            for h in &hs {
+                if h.wants(&event) {
+                    out.push(Item {
+                        handler: h.clone(),
+                        event: event.clone(),
+                    });
                 }
-                Poll::Ready(None) => return Pulled::Ended,
-                Poll::Pending => return Pulled::Idle,
             }
         }
         Pulled::More
@@ -140,12 +153,12 @@ impl Source for ClientSource {
         let Ok(mut g) = self.shared.lock() else {
             return Pulled::Ended;
         };
-        for _ in 0..limit {
-            let raw = match std::pin::Pin::new(&mut self.stream).poll_next(cx) {
-                Poll::Ready(Some(raw)) => raw,
-                Poll::Ready(None) => return Pulled::Ended,
-                Poll::Pending => return Pulled::Idle,
-            };
+        let batch = match poll_batch(&mut self.stream, cx, limit) {
+            Poll::Pending => return Pulled::Idle,
+            Poll::Ready(b) if b.is_empty() => return Pulled::Ended,
+            Poll::Ready(b) => b,
+        };
+        for raw in batch {
             match raw {
                 // Already known open (see `set_open`): this Open was seen.
                 ClientEvent::Open if g.open => continue,
@@ -203,7 +216,7 @@ impl LoopDelivery {
                 more = true;
                 return true;
             }
-            match s.pull(cx, out, limit - out.len()) {
+            match s.pull(cx, out, (limit - out.len()).min(SOURCE_BATCH)) {
                 Pulled::More => {
                     more = true;
                     true

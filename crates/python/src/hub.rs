@@ -47,6 +47,8 @@ use crate::dispatch::{log_error, LoopDelivery, MAX_BATCH};
 
 /// Batches with unfinished `async def` callbacks before the hub stops taking events.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
+/// Most callbacks one drain runs before the loop gets its other ready handles.
+const DRAIN_BUDGET: usize = 4 * MAX_BATCH;
 
 /// What the runtime side of a hub shares with the loop side: the wake and the completed
 /// futures. Everything here is plain Rust; no method takes the GIL.
@@ -154,8 +156,34 @@ impl LoopHub {
         Ok(())
     }
 
-    /// Take up to a batch of events from the clients of this loop.
-    fn pull(&self, cx: &mut Context<'_>) -> (Vec<crate::dispatch::Item>, bool) {
+    /// Settle the finished awaitables, then take and run one batch of events (unless
+    /// [`MAX_IN_FLIGHT`] batches still have tasks running). `true` if anything was done.
+    fn round(&self, py: Python<'_>, cx: &mut Context<'_>, left: &mut usize) -> bool {
+        let done = match self.core.completions.lock() {
+            Ok(mut c) => std::mem::take(&mut *c),
+            Err(_) => Vec::new(),
+        };
+        let mut worked = !done.is_empty();
+        for (id, result) in done {
+            if let Err(e) = self.settle(py, id, result) {
+                log_error(py, "supa_realtime: could not complete an awaitable", e);
+            }
+        }
+        if self.core.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
+            return worked; // `release` wakes the hub when a slot frees
+        }
+        let (items, more) = self.pull(cx, (*left).min(MAX_BATCH));
+        worked |= more || !items.is_empty();
+        if !items.is_empty() {
+            *left = left.saturating_sub(items.len());
+            self.core.in_flight.fetch_add(1, Ordering::AcqRel);
+            crate::dispatch::run_on_loop(py, &items, self.core.clone());
+        }
+        worked
+    }
+
+    /// Take up to `limit` items from the clients of this loop.
+    fn pull(&self, cx: &mut Context<'_>, limit: usize) -> (Vec<crate::dispatch::Item>, bool) {
         let clients: Vec<Arc<LoopDelivery>> = match self.clients.lock() {
             Ok(mut c) => {
                 c.retain(|w| w.strong_count() > 0);
@@ -168,11 +196,11 @@ impl LoopHub {
         let n = clients.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         for k in 0..n {
-            if items.len() >= MAX_BATCH {
+            if items.len() >= limit {
                 more = true;
                 break;
             }
-            more |= clients[(start + k) % n].pull(cx, &mut items, MAX_BATCH);
+            more |= clients[(start + k) % n].pull(cx, &mut items, limit);
         }
         (items, more)
     }
@@ -211,38 +239,37 @@ impl LoopHub {
         self.futures.lock().map(|f| f.len()).unwrap_or(0)
     }
 
-    /// The loop's reader callback: settle finished awaitables, then take a batch of events
-    /// and run its callbacks.
+    /// The loop's reader callback: settle finished awaitables, take batches of events and
+    /// run their callbacks, until nothing is left or [`DRAIN_BUDGET`] callbacks ran (then
+    /// the loop runs its other ready handles first, and this comes back).
     fn drain(&self, py: Python<'_>) {
         // One read: `armed` keeps the bytes written per drain to one, and any left make the
         // descriptor readable again, which only costs an extra, empty drain.
         let mut buf = [0u8; 64];
         let _ = (&self.wake_rx).read(&mut buf);
-        // After reading the bytes, before looking at the queues: a wake from now on writes
-        // a new byte, so nothing pushed after this point waits for a later unrelated wake.
-        self.core.armed.store(false, Ordering::Release);
-        let done = match self.core.completions.lock() {
-            Ok(mut c) => std::mem::take(&mut *c),
-            Err(_) => Vec::new(),
-        };
-        for (id, result) in done {
-            if let Err(e) = self.settle(py, id, result) {
-                log_error(py, "supa_realtime: could not complete an awaitable", e);
-            }
-        }
-        if self.core.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
-            return; // `release` wakes the hub when a slot frees
-        }
         let waker = Waker::from(self.core.clone());
         let mut cx = Context::from_waker(&waker);
-        let (items, more) = self.pull(&mut cx);
-        if more {
-            self.core.wake_now();
+        let mut left = DRAIN_BUDGET;
+        // While `armed` stays set no runtime thread writes a byte: events pushed meanwhile
+        // are found by the next round. Only a round that runs after clearing it and finds
+        // nothing ends the drain: every stream's waker is registered then, so whatever comes
+        // next writes a byte.
+        let mut cleared = false;
+        loop {
+            let worked = self.round(py, &mut cx, &mut left);
+            if left == 0 {
+                self.core.armed.store(false, Ordering::Release);
+                self.core.wake_now();
+                return;
+            }
+            if worked {
+                cleared = false;
+            } else if cleared {
+                return;
+            } else {
+                self.core.armed.store(false, Ordering::SeqCst);
+                cleared = true;
+            }
         }
-        if items.is_empty() {
-            return;
-        }
-        self.core.in_flight.fetch_add(1, Ordering::AcqRel);
-        crate::dispatch::run_on_loop(py, &items, self.core.clone());
     }
 }
