@@ -142,3 +142,37 @@ async def test_cancelled_awaitables_leave_nothing_behind(server: Any) -> None:
     # The loop and the client still work.
     await ch.send_broadcast("e", {"after": True})
     await client.close()
+
+
+@pytest.mark.asyncio
+async def test_async_def_callbacks_are_bounded_in_flight_and_lossless(server: Any) -> None:
+    """`async def` callbacks run as tasks; the hub lets at most 2 batches (of at most 1024)
+    have unfinished tasks, so a burst of 20,000 to callbacks that await never has more than
+    2,048 running at once (without the bound it would be most of the burst), and all arrive
+    in order."""
+    from test_backpressure import burst
+
+    n = 20_000
+    client = AsyncRealtimeClient(server.ws_url, ANON_KEY)
+    await client.connect()
+    got: List[int] = []
+    running = [0, 0]  # now, most at once
+
+    async def cb(m: Any) -> None:
+        running[0] += 1
+        running[1] = max(running[1], running[0])
+        got.append(m["payload"]["i"])
+        await asyncio.sleep(0.05)
+        running[0] -= 1
+
+    ch = client.channel("loop-async-def")
+    ch.on_broadcast("b", cb)
+    await ch.subscribe()
+    loop = asyncio.get_running_loop()
+    sender = loop.run_in_executor(None, lambda: burst(server, "loop-async-def", n, filler="x"))
+    assert await await_for(lambda: len(got) >= n, 60, 0.05), len(got)
+    await sender
+    assert got == list(range(n))
+    assert running[1] <= 2 * 1024, running[1]
+    assert await await_for(lambda: running[0] == 0, 5)
+    await client.close()
