@@ -54,6 +54,10 @@ const DRAIN_BUDGET: usize = 4 * MAX_BATCH;
 /// futures. Everything here is plain Rust; no method takes the GIL.
 pub(crate) struct HubCore {
     wake_tx: UnixStream,
+    /// The loop's end, owned here too: while any waker can still write, the pair stays
+    /// open, so a late wake never writes into a closed peer (EPIPE, or SIGPIPE where
+    /// Python does not ignore it).
+    wake_rx: UnixStream,
     /// A wake byte is written and not yet drained.
     armed: AtomicBool,
     completions: Mutex<Vec<(u64, Result<(), Error>)>>,
@@ -100,7 +104,6 @@ impl Wake for HubCore {
 #[pyclass(frozen, module = "supa_realtime._native")]
 pub(crate) struct LoopHub {
     pub(crate) core: Arc<HubCore>,
-    wake_rx: UnixStream,
     /// Awaitables not yet settled, by id: only touched on the loop thread.
     futures: Mutex<HashMap<u64, Py<PyAny>>>,
     next_id: AtomicU64,
@@ -216,11 +219,11 @@ impl LoopHub {
         Ok(LoopHub {
             core: Arc::new(HubCore {
                 wake_tx,
+                wake_rx,
                 armed: AtomicBool::new(false),
                 completions: Mutex::new(Vec::new()),
                 in_flight: AtomicUsize::new(0),
             }),
-            wake_rx,
             futures: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             clients: Mutex::new(Vec::new()),
@@ -230,7 +233,7 @@ impl LoopHub {
 
     /// The file descriptor the loop watches (`loop.add_reader`).
     fn fileno(&self) -> i32 {
-        self.wake_rx.as_raw_fd()
+        self.core.wake_rx.as_raw_fd()
     }
 
     /// Awaitables of this loop not yet settled (for tests: cancellation leaves none).
@@ -246,7 +249,7 @@ impl LoopHub {
         // One read: `armed` keeps the bytes written per drain to one, and any left make the
         // descriptor readable again, which only costs an extra, empty drain.
         let mut buf = [0u8; 64];
-        let _ = (&self.wake_rx).read(&mut buf);
+        let _ = (&self.core.wake_rx).read(&mut buf);
         let waker = Waker::from(self.core.clone());
         let mut cx = Context::from_waker(&waker);
         let mut left = DRAIN_BUDGET;
