@@ -69,6 +69,7 @@ async def test_callbacks_run_on_the_loop_thread(server: Any, built_on: List[int]
     threads: List[int] = []
     got: List[Any] = []
     ch = client.channel("loop-thread-callbacks", {"config": {"broadcast": {"self": True}}})
+
     def on_b(m: Any) -> None:
         threads.append(threading.get_ident())
         got.append(m)
@@ -175,4 +176,29 @@ async def test_async_def_callbacks_are_bounded_in_flight_and_lossless(server: An
     assert got == list(range(n))
     assert running[1] <= 2 * 1024, running[1]
     assert await await_for(lambda: running[0] == 0, 5)
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_rest_sends_complete_from_the_loop(server: Any) -> None:
+    """`http_send` (an HTTP request on the runtime's reactor, polled from the loop) arrives,
+    from a joined channel and from one never subscribed."""
+    client = AsyncRealtimeClient(server.ws_url, ANON_KEY)
+    await client.connect()
+    got: List[Any] = []
+    rx = client.channel("loop-rest")
+    rx.on_broadcast("r", lambda m: got.append(m["payload"]))
+    await rx.subscribe()
+    other = AsyncRealtimeClient(server.ws_url, ANON_KEY)
+    await other.connect()
+    joined = other.channel("loop-rest")
+    await joined.subscribe()
+    await joined.http_send("r", {"from": "joined"})
+    never = other.channel("loop-rest-unjoined")
+    await never.http_send("r", {"to": "nobody"})
+    # `send` with the official option `{"http": True}`: REST as well.
+    await other.channel("loop-rest").send("r", {"from": "send"}, {"http": True})
+    assert await await_for(lambda: len(got) >= 2, 10), got
+    assert {"from": "joined"} in got and {"from": "send"} in got
+    await other.close()
     await client.close()

@@ -1,26 +1,25 @@
 //! Awaitables: a Rust future of the client as an asyncio future of the running loop.
 //!
-//! The asyncio future is created on the loop (the caller's thread, which holds the GIL);
-//! the Rust future runs on the runtime and ends with Rust data, a `Result<(), Error>`, which
-//! it queues on the loop's hub by id ([`crate::hub`]). The hub's next drain, on the loop
-//! thread, sets the result or builds the exception ([`crate::errors`]) and sets it. No
-//! runtime thread touches Python.
+//! The Rust future is polled **on the loop thread** ([`LoopHub::start`]): its first poll
+//! sends its command to the connection task right away, and every later wake-up (the
+//! connection task's reply, a timer, a socket of the runtime's reactor, all with the
+//! runtime entered) queues its id on the loop's hub, whose next drain polls it again. When
+//! it ends, with Rust data (`Result<(), Error>`), the drain sets the asyncio future's
+//! result or builds the exception ([`crate::errors`]) and sets it, on the loop thread. No
+//! runtime thread touches Python, and there is no hop through a spawned task.
 //!
-//! Cancelling the asyncio future aborts the Rust task (its done callback, [`OnDone`]) and
-//! forgets the id, so a cancelled call leaves nothing behind on either side; a result that
-//! arrives for a forgotten id is dropped.
+//! Cancelling the asyncio future forgets the id and drops the Rust future (its done
+//! callback, [`OnDone`]), which cancels it, so a cancelled call leaves nothing behind.
 
 use std::future::Future;
 
 use pyo3::prelude::*;
 use supa_realtime::Error;
-use tokio::task::AbortHandle;
 
 use crate::classes;
-use crate::hub::LoopHub;
-use crate::runtime::runtime;
+use crate::hub::{resolve, LoopHub};
 
-/// Run `fut` on the runtime as an awaitable of the running loop.
+/// Run `fut` as an awaitable of the running loop.
 pub(crate) fn awaitable<'py, F>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
     F: Future<Output = Result<(), Error>> + Send + 'static,
@@ -29,38 +28,46 @@ where
     let hub = classes::hub_for(py)?
         .call1((&event_loop,))?
         .cast_into::<LoopHub>()?;
-    let future = event_loop.call_method0("create_future")?;
-    let id = hub.get().register(future.clone().unbind());
-    let core = hub.get().core.clone();
-    let task = runtime().spawn(async move {
-        let result = fut.await;
-        core.complete(id, result);
-    });
-    let on_done = OnDone {
-        hub: hub.unbind(),
-        id,
-        abort: task.abort_handle(),
-    };
-    future.call_method1("add_done_callback", (on_done,))?;
-    Ok(future)
+    let mut future = None;
+    let started = hub.get().start(Box::pin(fut), || {
+        let f = event_loop.call_method0("create_future")?;
+        future = Some(f.clone());
+        Ok(f.unbind())
+    })?;
+    match started {
+        // Finished at the first poll (e.g. refused before anything was sent).
+        Ok(result) => {
+            let f = event_loop.call_method0("create_future")?;
+            resolve(py, &f, result)?;
+            Ok(f)
+        }
+        Err(id) => {
+            let f = future.ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("awaitable without a future")
+            })?;
+            f.call_method1(
+                "add_done_callback",
+                (OnDone {
+                    hub: hub.unbind(),
+                    id,
+                },),
+            )?;
+            Ok(f)
+        }
+    }
 }
 
-/// The asyncio future's done callback: forget its id; if it was cancelled, abort the Rust
-/// side.
+/// The asyncio future's done callback: forget its id (dropping, so cancelling, a Rust
+/// future still running).
 #[pyclass(frozen, module = "supa_realtime._native")]
 pub(crate) struct OnDone {
     hub: Py<LoopHub>,
     id: u64,
-    abort: AbortHandle,
 }
 
 #[pymethods]
 impl OnDone {
-    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __call__(&self, _future: &Bound<'_, PyAny>) {
         self.hub.get().forget(self.id);
-        if future.call_method0("cancelled")?.is_truthy()? {
-            self.abort.abort();
-        }
-        Ok(())
     }
 }

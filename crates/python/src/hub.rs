@@ -33,17 +33,20 @@
 //!   the asyncio future (building the exception, if any, on the loop thread).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use pyo3::prelude::*;
-use supa_realtime::Error;
+use supa_realtime::{Error, ErrorKind};
 
 use crate::dispatch::{log_error, LoopDelivery, MAX_BATCH};
+use crate::runtime::runtime;
 
 /// Batches with unfinished `async def` callbacks before the hub stops taking events.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
@@ -60,16 +63,17 @@ pub(crate) struct HubCore {
     wake_rx: UnixStream,
     /// A wake byte is written and not yet drained.
     armed: AtomicBool,
-    completions: Mutex<Vec<(u64, Result<(), Error>)>>,
+    /// Awaitables whose Rust future was woken: polled again at the next drain.
+    ready: Mutex<Vec<u64>>,
     /// Batches run whose `async def` tasks have not all finished.
     in_flight: AtomicUsize,
 }
 
 impl HubCore {
-    /// The result of awaitable `id`, settled on the loop at its next drain.
-    pub(crate) fn complete(&self, id: u64, result: Result<(), Error>) {
-        if let Ok(mut c) = self.completions.lock() {
-            c.push((id, result));
+    /// Awaitable `id`'s future was woken.
+    fn ready(&self, id: u64) {
+        if let Ok(mut r) = self.ready.lock() {
+            r.push(id);
         }
         self.wake_now();
     }
@@ -90,6 +94,38 @@ impl HubCore {
     }
 }
 
+/// Set `fut`'s result, or the exception for the error (built here, on the loop thread),
+/// unless it is done already (cancelled).
+pub(crate) fn resolve(
+    py: Python<'_>,
+    fut: &Bound<'_, PyAny>,
+    result: Result<(), Error>,
+) -> PyResult<()> {
+    if fut.call_method0("done")?.is_truthy()? {
+        return Ok(());
+    }
+    match result {
+        Ok(()) => fut.call_method1("set_result", (py.None(),))?,
+        Err(e) => fut.call_method1("set_exception", (crate::errors::exception_value(py, &e)?,))?,
+    };
+    Ok(())
+}
+
+/// Poll an awaitable's future with the runtime entered (its timers and sockets register
+/// with the runtime's drivers, whose threads wake `waker`). A panic becomes an error of the
+/// awaitable instead of unwinding through the loop.
+fn poll_task(task: &mut RustFuture, waker: &Waker) -> Poll<Result<(), Error>> {
+    let _rt = runtime().enter();
+    let mut cx = Context::from_waker(waker);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
+        Ok(p) => p,
+        Err(_) => Poll::Ready(Err(Error::new(
+            ErrorKind::Protocol,
+            "internal error: the operation panicked",
+        ))),
+    }
+}
+
 impl Wake for HubCore {
     fn wake(self: Arc<Self>) {
         self.wake_now();
@@ -100,12 +136,39 @@ impl Wake for HubCore {
     }
 }
 
+/// The waker of one awaitable's Rust future.
+struct TaskWaker {
+    id: u64,
+    core: Arc<HubCore>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.core.ready(self.id);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.core.ready(self.id);
+    }
+}
+
+/// The Rust side of an awaitable.
+pub(crate) type RustFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+/// An awaitable not yet settled: its asyncio future, and its Rust future (out of the map
+/// while it is being polled).
+struct Pending {
+    future: Py<PyAny>,
+    task: Option<RustFuture>,
+    waker: Waker,
+}
+
 /// One event loop's hub (made and registered by `supa_realtime._dispatch.hub`).
 #[pyclass(frozen, module = "supa_realtime._native")]
 pub(crate) struct LoopHub {
     pub(crate) core: Arc<HubCore>,
     /// Awaitables not yet settled, by id: only touched on the loop thread.
-    futures: Mutex<HashMap<u64, Py<PyAny>>>,
+    futures: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     /// The async clients whose callbacks run on this loop.
     clients: Mutex<Vec<Weak<LoopDelivery>>>,
@@ -114,18 +177,77 @@ pub(crate) struct LoopHub {
 }
 
 impl LoopHub {
-    /// Remember `future` as awaitable `id`'s.
-    pub(crate) fn register(&self, future: Py<PyAny>) -> u64 {
+    /// Poll `task` a first time, here on the loop thread (the command it sends to the
+    /// connection task goes out now, with no hop through a runtime thread). Finished: its
+    /// result. Else it is kept as awaitable `id` of `future`, polled again on the loop
+    /// whenever it is woken; the id is returned.
+    pub(crate) fn start(
+        &self,
+        mut task: RustFuture,
+        future: impl FnOnce() -> PyResult<Py<PyAny>>,
+    ) -> PyResult<Result<Result<(), Error>, u64>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut f) = self.futures.lock() {
-            f.insert(id, future);
+        let waker = Waker::from(Arc::new(TaskWaker {
+            id,
+            core: self.core.clone(),
+        }));
+        if let Poll::Ready(r) = poll_task(&mut task, &waker) {
+            return Ok(Ok(r));
         }
-        id
+        let future = future()?;
+        if let Ok(mut f) = self.futures.lock() {
+            f.insert(
+                id,
+                Pending {
+                    future,
+                    task: Some(task),
+                    waker,
+                },
+            );
+        }
+        Ok(Err(id))
     }
 
-    /// Forget awaitable `id` (its future is done: settled or cancelled).
+    /// Forget awaitable `id` (its future is done: settled or cancelled); a Rust future
+    /// still running is dropped, which cancels it.
     pub(crate) fn forget(&self, id: u64) -> Option<Py<PyAny>> {
-        self.futures.lock().ok()?.remove(&id)
+        // The lock is let go before the Rust future is dropped.
+        let pending = self.futures.lock().ok()?.remove(&id);
+        pending.map(|p| p.future)
+    }
+
+    /// Poll the awaitables that were woken; settle the finished ones. `true` if any was
+    /// polled.
+    fn poll_ready(&self, py: Python<'_>) -> bool {
+        let ids = match self.core.ready.lock() {
+            Ok(mut r) => std::mem::take(&mut *r),
+            Err(_) => Vec::new(),
+        };
+        for &id in &ids {
+            let taken = self.futures.lock().ok().and_then(|mut f| {
+                let p = f.get_mut(&id)?;
+                Some((p.task.take()?, p.waker.clone()))
+            });
+            // Done or cancelled already, or woken twice and polled meanwhile.
+            let Some((mut task, waker)) = taken else {
+                continue;
+            };
+            match poll_task(&mut task, &waker) {
+                Poll::Ready(result) => {
+                    if let Err(e) = self.settle(py, id, result) {
+                        log_error(py, "supa_realtime: could not complete an awaitable", e);
+                    }
+                }
+                Poll::Pending => {
+                    if let Ok(mut f) = self.futures.lock() {
+                        if let Some(p) = f.get_mut(&id) {
+                            p.task = Some(task);
+                        }
+                    }
+                }
+            }
+        }
+        !ids.is_empty()
     }
 
     pub(crate) fn attach_client(&self, client: &Arc<LoopDelivery>) {
@@ -146,32 +268,13 @@ impl LoopHub {
         let Some(fut) = self.forget(id) else {
             return Ok(()); // cancelled meanwhile
         };
-        let fut = fut.bind(py);
-        if fut.call_method0("done")?.is_truthy()? {
-            return Ok(());
-        }
-        match result {
-            Ok(()) => fut.call_method1("set_result", (py.None(),))?,
-            Err(e) => {
-                fut.call_method1("set_exception", (crate::errors::exception_value(py, &e)?,))?
-            }
-        };
-        Ok(())
+        resolve(py, fut.bind(py), result)
     }
 
     /// Settle the finished awaitables, then take and run one batch of events (unless
     /// [`MAX_IN_FLIGHT`] batches still have tasks running). `true` if anything was done.
     fn round(&self, py: Python<'_>, cx: &mut Context<'_>, left: &mut usize) -> bool {
-        let done = match self.core.completions.lock() {
-            Ok(mut c) => std::mem::take(&mut *c),
-            Err(_) => Vec::new(),
-        };
-        let mut worked = !done.is_empty();
-        for (id, result) in done {
-            if let Err(e) = self.settle(py, id, result) {
-                log_error(py, "supa_realtime: could not complete an awaitable", e);
-            }
-        }
+        let mut worked = self.poll_ready(py);
         if self.core.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
             return worked; // `release` wakes the hub when a slot frees
         }
@@ -221,7 +324,7 @@ impl LoopHub {
                 wake_tx,
                 wake_rx,
                 armed: AtomicBool::new(false),
-                completions: Mutex::new(Vec::new()),
+                ready: Mutex::new(Vec::new()),
                 in_flight: AtomicUsize::new(0),
             }),
             futures: Mutex::new(HashMap::new()),
