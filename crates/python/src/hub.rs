@@ -28,9 +28,10 @@
 //!   `async def` callbacks run as tasks; at most [`MAX_IN_FLIGHT`] batches with unfinished
 //!   tasks are outstanding before the hub stops taking events, so a loop that falls behind
 //!   slows the socket too.
-//! * Awaitables ([`crate::awaitable`]): the asyncio future is created on the loop, the Rust
-//!   future runs on the runtime and its `Result` is queued here by id; the drain settles
-//!   the asyncio future (building the exception, if any, on the loop thread).
+//! * Awaitables ([`crate::awaitable`]): the Rust future is polled on the loop thread too
+//!   (with the runtime entered); its waker queues its id here, the drain polls it again
+//!   and, once it has ended with a `Result`, settles the asyncio future (building the
+//!   exception, if any, on the loop thread).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -12,7 +12,8 @@
 //!   produce (events, results of futures) is Rust data handed to a Python thread: the
 //!   event loop's, woken through its [`hub`], or a sync client's callback thread.
 //! * **Awaitables**: the `_async` methods return asyncio futures of the caller's loop
-//!   ([`awaitable`]), settled on the loop thread; cancelling one aborts the Rust future.
+//!   ([`awaitable`]) whose Rust futures are polled and settled on the loop thread;
+//!   cancelling one drops (cancels) the Rust future.
 //! * **Callbacks**: see [`dispatch`]: JSON is parsed in Rust; events reach Python in
 //!   batches, taken and run on the event loop (async) or on a callback thread attached
 //!   once per batch (sync).

@@ -1,8 +1,9 @@
 //! The lazy global tokio runtime every client of the process runs on, and the one helper
 //! through which blocking calls wait for it.
 //!
-//! Built on first use with two worker threads named `supa-realtime`; awaitables
-//! ([`crate::awaitable`]) and blocking calls share it. Connection tasks keep reading,
+//! Built on first use with two worker threads named `supa-realtime`; blocking calls run
+//! their futures on it, awaitables ([`crate::awaitable`]) poll theirs on the loop thread
+//! with it entered (its drivers wake them). Connection tasks keep reading,
 //! heartbeating and reconnecting there while Python threads are busy. Its threads never
 //! attach to Python.
 
