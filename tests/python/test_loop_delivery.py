@@ -202,3 +202,26 @@ async def test_rest_sends_complete_from_the_loop(server: Any) -> None:
     assert {"from": "joined"} in got and {"from": "send"} in got
     await other.close()
     await client.close()
+
+
+def test_callbacks_follow_the_client_to_the_next_loop(server: Any) -> None:
+    """A client made outside any loop and used from two `asyncio.run` calls one after the
+    other: its callbacks run on whichever loop it was last used from."""
+    client = AsyncRealtimeClient(server.ws_url, ANON_KEY)
+    seen: List[Any] = []
+
+    async def use(tag: str) -> None:
+        me = threading.get_ident()
+        loop = asyncio.get_running_loop()
+        ch = client.channel("loop-follow", {"config": {"broadcast": {"self": True}}})
+        if tag == "first":
+            ch.on_broadcast("b", lambda m: seen.append((m["payload"]["tag"], asyncio.get_running_loop(), threading.get_ident())))
+            await client.connect()
+            await ch.subscribe()
+        await ch.send_broadcast("b", {"tag": tag})
+        assert await await_for(lambda: any(t == tag for t, _, _ in seen), 10)
+        assert [(lp, th) for t, lp, th in seen if t == tag] == [(loop, me)]
+
+    asyncio.run(use("first"))
+    asyncio.run(use("second"))
+    asyncio.run(client.close())
