@@ -250,9 +250,12 @@ pub fn write(
                 let _ = writeln!(
                     md,
                     "Both clients run at once, each in its own Python process (`bench/py_client.py`, asyncio, the same code through the official API names), subscribed to the same \
-                     topic; one Rust sender pushes as fast as the server takes them ({} broadcasts, {}/s). The server runs with `--slow-consumer-policy drop`, \
+                     topic; the broadcasts come through the server's REST endpoint, {} connections each posting one pre-serialized batch of {} again and again, as fast as the server takes them \
+                     ({} broadcasts, {}/s in all: the sender is not the limit unless a client's rate reaches this). The server runs with `--slow-consumer-policy drop`, \
                      so a client that falls behind loses frames rather than its socket: each rate is callbacks per second between its first and last callback. \
                      Round trip: one client at a time, a broadcast to its own channel (`self: true`) until its callback runs, one after another (a tenth more first as warm-up). Official `realtime` {off_ver}.\n",
+                    crate::python::SENDERS,
+                    crate::python::PER_REQUEST,
                     p.sent,
                     human(p.sent_per_sec)
                 );

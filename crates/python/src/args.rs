@@ -1,5 +1,5 @@
 //! The arguments each callback shape receives, built from an event (with the GIL held, on
-//! the dispatcher thread).
+//! the thread that runs the callbacks: the event loop's, or a sync client's callback thread).
 
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@ use supa_realtime::{
     RealtimeChannel,
 };
 
-use crate::client::awaitable;
+use crate::awaitable::awaitable;
 use crate::convert::{from_py, payload_from_py, presences_to_py};
 use crate::dispatch::{Dispatcher, Handlers};
 use crate::errors::to_pyerr;
@@ -289,7 +289,7 @@ impl NativeChannel {
                 let ch = me.inner.clone();
                 let stream =
                     wait(py, async move { ch.broadcasts("*").await })?.map_err(to_pyerr)?;
-                me.dispatcher.forward(stream, hs, Event::Broadcast);
+                me.dispatcher.forward(py, stream, hs, Event::Broadcast);
                 Ok(())
             },
         )
@@ -318,7 +318,7 @@ impl NativeChannel {
                 let ch = me.inner.clone();
                 let stream =
                     wait(py, async move { ch.presence_events().await })?.map_err(to_pyerr)?;
-                me.dispatcher.forward(stream, hs, Event::Presence);
+                me.dispatcher.forward(py, stream, hs, Event::Presence);
                 Ok(())
             },
         )
@@ -364,7 +364,7 @@ impl NativeChannel {
             Shape::PostgresSpec
         };
         let hs: Handlers = Arc::new(Mutex::new(vec![Arc::new(Handler { callback, shape })]));
-        self.dispatcher.forward(stream, hs, Event::Postgres);
+        self.dispatcher.forward(py, stream, hs, Event::Postgres);
         Ok(())
     }
 
@@ -384,7 +384,7 @@ impl NativeChannel {
                 let ch = me.inner.clone();
                 let stream =
                     wait(py, async move { ch.system_messages().await })?.map_err(to_pyerr)?;
-                me.dispatcher.forward(stream, hs, Event::System);
+                me.dispatcher.forward(py, stream, hs, Event::System);
                 Ok(())
             },
         )
@@ -423,7 +423,7 @@ impl NativeChannel {
                 |py, me, hs| {
                     let ch = me.inner.clone();
                     let stream = wait(py, async move { ch.errors().await })?.map_err(to_pyerr)?;
-                    me.dispatcher.forward(stream, hs, Event::Error);
+                    me.dispatcher.forward(py, stream, hs, Event::Error);
                     Ok(())
                 },
             )?;
@@ -436,7 +436,7 @@ impl NativeChannel {
                 let ch = me.inner.clone();
                 let stream =
                     wait(py, async move { ch.status_changes().await })?.map_err(to_pyerr)?;
-                me.dispatcher.forward(stream, hs, Event::Status);
+                me.dispatcher.forward(py, stream, hs, Event::Status);
                 Ok(())
             },
         )

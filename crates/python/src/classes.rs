@@ -1,7 +1,7 @@
 //! The Python objects the native module calls, each looked up once per process.
 //!
 //! They live in the package's own Python modules (`supa_realtime._types`,
-//! `supa_realtime._exceptions`, `supa_realtime._dispatch`) and in `logging`. Looking them up
+//! `supa_realtime._exceptions`, `supa_realtime._dispatch`) and in `logging` and `asyncio`. Looking them up
 //! on first use rather than in the module's init function keeps `_native` importable on its
 //! own (the package imports `_native` while it is itself being imported); after that first
 //! use every call is a pointer read, not an import.
@@ -37,6 +37,18 @@ cached!(
     run_batch,
     "supa_realtime._dispatch",
     "run_batch"
+);
+cached!(
+    /// `supa_realtime._dispatch.hub`: the hub of an event loop, made on first use.
+    hub_for,
+    "supa_realtime._dispatch",
+    "hub"
+);
+cached!(
+    /// `asyncio.get_running_loop`.
+    get_running_loop,
+    "asyncio",
+    "get_running_loop"
 );
 cached!(
     /// `supa_realtime._dispatch.run_batch_async`.

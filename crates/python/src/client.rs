@@ -4,27 +4,20 @@
 //! waking every 100 ms for Ctrl-C) and, where it waits on the server, an `_async` form that
 //! returns an awaitable resolved on the running event loop.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use supa_realtime::{ConnectionState, Error, RealtimeClient};
 
+use crate::awaitable::awaitable;
 use crate::channel::NativeChannel;
-use crate::dispatch::{set_open, Dispatcher, Mode, SharedClientHandlers};
+use crate::dispatch::{set_open, Dispatcher, SharedClientHandlers};
 use crate::errors::to_pyerr;
 use crate::handlers::{Handler, Shape};
 use crate::options::{channel_config, client_options};
 use crate::runtime::{runtime, wait};
-
-/// Run `fut` as a Python awaitable.
-pub(crate) fn awaitable<'py, F>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
-where
-    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
-{
-    pyo3_async_runtimes::tokio::future_into_py(py, async move { fut.await.map_err(to_pyerr) })
-}
 
 /// Open (or reopen after `close()`) and wait until the socket is open; fails with the next
 /// failed attempt's error.
@@ -57,9 +50,9 @@ pub(crate) struct NativeClient {
 }
 
 impl NativeClient {
-    fn add_client_handler(&self, shape: Shape, callback: Py<PyAny>) {
+    fn add_client_handler(&self, py: Python<'_>, shape: Shape, callback: Py<PyAny>) {
         self.dispatcher
-            .add_client_handler(&self.client_handlers, Handler { callback, shape });
+            .add_client_handler(py, &self.client_handlers, Handler { callback, shape });
     }
 
     fn wrap(&self, ch: supa_realtime::RealtimeChannel) -> NativeChannel {
@@ -87,20 +80,15 @@ impl NativeClient {
         // Listen to socket events from the start, so `on_open` knows whether it is open.
         let c = inner.clone();
         let events = wait(py, async move { c.events().await })?.map_err(to_pyerr)?;
-        let mode = if is_async {
-            Mode::Async(Mutex::new(None))
-        } else {
-            Mode::Sync
-        };
         // A round trip through the connection task (commands are handled in order): after
         // it the event stream is registered, so the state says whether an `Open` went out
         // before it.
         let c = inner.clone();
         wait(py, async move { c.channels().await })?.map_err(to_pyerr)?;
-        let dispatcher = Arc::new(Dispatcher::start(mode)?);
+        let dispatcher = Arc::new(Dispatcher::start(is_async)?);
         let client_handlers = SharedClientHandlers::default();
         set_open(&client_handlers, inner.is_connected());
-        dispatcher.forward_client(events, client_handlers.clone());
+        dispatcher.forward_client(py, events, client_handlers.clone());
         Ok(NativeClient {
             inner,
             dispatcher,
@@ -109,8 +97,8 @@ impl NativeClient {
     }
 
     /// Remember the event loop async callbacks run on.
-    fn set_loop(&self, event_loop: Py<PyAny>) {
-        self.dispatcher.set_loop(event_loop);
+    fn set_loop(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.dispatcher.set_loop(py, event_loop)
     }
 
     /// A channel (the existing one if the client already has this topic).
@@ -214,17 +202,17 @@ impl NativeClient {
         awaitable(py, async move { client.set_auth(token).await })
     }
 
-    fn on_open(&self, callback: Py<PyAny>) {
-        self.add_client_handler(Shape::ClientOpen, callback)
+    fn on_open(&self, py: Python<'_>, callback: Py<PyAny>) {
+        self.add_client_handler(py, Shape::ClientOpen, callback)
     }
 
     #[pyo3(signature = (callback, nargs = 0))]
-    fn on_close(&self, callback: Py<PyAny>, nargs: u8) {
-        self.add_client_handler(Shape::ClientClose { nargs }, callback)
+    fn on_close(&self, py: Python<'_>, callback: Py<PyAny>, nargs: u8) {
+        self.add_client_handler(py, Shape::ClientClose { nargs }, callback)
     }
 
-    fn on_error(&self, callback: Py<PyAny>) {
-        self.add_client_handler(Shape::ClientError, callback)
+    fn on_error(&self, py: Python<'_>, callback: Py<PyAny>) {
+        self.add_client_handler(py, Shape::ClientError, callback)
     }
 
     /// `connecting`, `open`, `reconnecting` or `closed`.

@@ -70,7 +70,9 @@ pub(crate) fn exception_value<'py>(py: Python<'py>, e: &Error) -> PyResult<Bound
     )
 }
 
-/// The exception to raise for `e`.
+/// The exception to raise for `e`, from a blocking call (the calling Python thread holds
+/// the GIL already). Awaitables build theirs on the loop thread ([`crate::hub`]); no
+/// runtime thread ever calls this.
 pub(crate) fn to_pyerr(e: Error) -> PyErr {
     Python::attach(|py| match exception_value(py, &e) {
         Ok(v) => PyErr::from_value(v),

@@ -8,11 +8,15 @@
 //!
 //! * **GIL**: released around every wait on Rust ([`runtime::wait`], which also wakes every
 //!   100 ms to run Python's signal handlers so Ctrl-C interrupts a blocking call).
-//! * **Awaitables**: the `_async` methods return asyncio awaitables
-//!   (pyo3-async-runtimes), resolved on the caller's loop; cancelling one cancels the Rust
-//!   future.
+//! * **No GIL on the runtime**: tokio's worker threads never attach to Python. What they
+//!   produce (events, results of futures) is Rust data handed to a Python thread: the
+//!   event loop's, woken through its [`hub`], or a sync client's callback thread.
+//! * **Awaitables**: the `_async` methods return asyncio futures of the caller's loop
+//!   ([`awaitable`]) whose Rust futures are polled and settled on the loop thread;
+//!   cancelling one drops (cancels) the Rust future.
 //! * **Callbacks**: see [`dispatch`]: JSON is parsed in Rust; events reach Python in
-//!   batches, one GIL acquisition (sync) or one `call_soon_threadsafe` (async) per batch.
+//!   batches, taken and run on the event loop (async) or on a callback thread attached
+//!   once per batch (sync).
 //! * **Logs**: `tracing` events of the Rust side reach Python's `logging` (logger
 //!   `supa_realtime` and its children), see [`logging`].
 //! * **Errors**: [`errors`] maps the client's `ErrorKind` to exception classes
@@ -21,6 +25,8 @@
 use pyo3::prelude::*;
 
 mod args;
+mod awaitable;
+mod callback_thread;
 mod channel;
 mod classes;
 mod client;
@@ -28,6 +34,7 @@ mod convert;
 mod dispatch;
 mod errors;
 mod handlers;
+mod hub;
 mod logging;
 mod options;
 mod rest;
@@ -40,6 +47,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::init(m.py())?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<channel::NativeChannel>()?;
+    m.add_class::<hub::LoopHub>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(server::server_main, m)?)?;
     m.add_function(wrap_pyfunction!(rest::rest_broadcast, m)?)?;

@@ -8,7 +8,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::client::awaitable;
+use crate::awaitable::awaitable;
 use crate::convert::payload_from_py;
 use crate::errors::to_pyerr;
 use crate::options::client_options;

@@ -1,13 +1,15 @@
 //! The lazy global tokio runtime every client of the process runs on, and the one helper
 //! through which blocking calls wait for it.
 //!
-//! The runtime is pyo3-async-runtimes' (so awaitables and blocking calls share it), built
-//! on first use with two worker threads named `supa-realtime`. Connection tasks keep
-//! reading, heartbeating and reconnecting there while Python threads are busy.
+//! Built on first use with two worker threads named `supa-realtime`; blocking calls run
+//! their futures on it, awaitables ([`crate::awaitable`]) poll theirs on the loop thread
+//! with it entered (its drivers wake them). Connection tasks keep reading,
+//! heartbeating and reconnecting there while Python threads are busy. Its threads never
+//! attach to Python.
 
 use std::future::Future;
 use std::sync::mpsc;
-use std::sync::Once;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -16,18 +18,19 @@ use tokio::runtime::Runtime;
 /// How often a blocking wait wakes up to let Python handle signals (Ctrl-C).
 const CHECK_SIGNALS_INTERVAL: Duration = Duration::from_millis(100);
 
-static INIT: Once = Once::new();
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 /// The runtime (built on first use).
 pub(crate) fn runtime() -> &'static Runtime {
-    INIT.call_once(|| {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2)
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .thread_name("supa-realtime")
-            .enable_all();
-        pyo3_async_runtimes::tokio::init(b);
-    });
-    pyo3_async_runtimes::tokio::get_runtime()
+            .enable_all()
+            .build()
+            // Only fails if the OS refuses threads or an epoll instance: nothing works then.
+            .expect("cannot start the tokio runtime")
+    })
 }
 
 /// Run `fut` on the runtime and wait for it on this thread with the GIL released, waking

@@ -1,9 +1,12 @@
-"""Runs batches of callbacks handed over by the native dispatcher.
+"""Runs batches of callbacks handed over by the native side, and gives each event loop
+its hub.
 
-A batch is a list of ``(callback, args)``. Sync clients run it on their dispatcher
-thread; async clients get it through one ``loop.call_soon_threadsafe`` per batch and run it
-on the loop. ``async def`` callbacks are awaited (as tasks on the loop; on a sync client,
-on a private loop of the dispatcher thread). An exception in a callback is logged with its
+A batch is a list of ``(callback, args)``. Sync clients run it on their callback thread;
+async clients run it on the event loop, from the loop's :class:`~supa_realtime._native.LoopHub`:
+the Rust side wakes the loop through a file descriptor watched with ``loop.add_reader``
+and the hub, on the loop thread, takes the events from the client's queues and runs them
+here. ``async def`` callbacks are awaited (as tasks on the loop; on a sync client, on a
+private loop of the callback thread). An exception in a callback is logged with its
 traceback by the ``supa_realtime`` logger and never stops delivery.
 """
 
@@ -13,7 +16,10 @@ import asyncio
 import inspect
 import logging
 import threading
+import weakref
 from typing import Any, Callable, List, Optional, Set, Tuple
+
+from . import _native
 
 logger = logging.getLogger("supa_realtime")
 
@@ -21,6 +27,18 @@ Batch = List[Tuple[Callable[..., Any], Tuple[Any, ...]]]
 
 _local = threading.local()
 _tasks: Set["asyncio.Future[Any]"] = set()
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _native.LoopHub]" = weakref.WeakKeyDictionary()
+
+
+def hub(loop: asyncio.AbstractEventLoop) -> _native.LoopHub:
+    """The hub of ``loop``, registered with ``loop.add_reader`` on first use. It lives as
+    long as the loop: the reader holds it, and this map forgets it with the loop."""
+    h = _hubs.get(loop)
+    if h is None:
+        h = _native.LoopHub()
+        loop.add_reader(h.fileno(), h.drain)
+        _hubs[loop] = h
+    return h
 
 
 def _log(cb: Callable[..., Any], exc: BaseException) -> None:
@@ -28,7 +46,7 @@ def _log(cb: Callable[..., Any], exc: BaseException) -> None:
 
 
 def run_batch(batch: Batch) -> None:
-    """Run callbacks on this (dispatcher) thread."""
+    """Run callbacks on this (callback) thread."""
     for cb, args in batch:
         try:
             r = cb(*args)
@@ -55,8 +73,8 @@ def _done(cb: Callable[..., Any]) -> Callable[["asyncio.Future[Any]"], None]:
 
 def run_batch_async(batch: Batch, done: Optional[Callable[[], Any]] = None) -> None:
     """Run callbacks on the running loop; awaitables become tasks. ``done()`` is called once
-    every callback of the batch has run and every task it started has finished: the native
-    dispatcher schedules a bounded number of batches ahead, so a loop that falls behind
+    every callback of the batch has run and every task it started has finished: the hub
+    keeps a bounded number of such batches outstanding, so a loop whose tasks fall behind
     slows the socket instead of queueing without end."""
     pending = [1]
 

@@ -5,7 +5,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional
 
 from typing_extensions import Self, final
 
-__all__ = ["NativeClient", "NativeChannel", "__version__", "rest_broadcast", "rest_broadcast_async", "server_main"]
+__all__ = ["LoopHub", "NativeClient", "NativeChannel", "__version__", "rest_broadcast", "rest_broadcast_async", "server_main"]
 
 __version__: str
 
@@ -18,6 +18,14 @@ def rest_broadcast_async(
     url: str, apikey: str, token: Optional[str], name: str, event: str, payload: Any,
     private: bool, options: Optional[Mapping[str, Any]] = None,
 ) -> Awaitable[None]: ...
+
+@final
+class LoopHub:
+    def __new__(cls) -> Self: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> None: ...
+    @property
+    def pending(self) -> int: ...
 
 @final
 class NativeClient:
