@@ -70,6 +70,13 @@ pub(crate) struct Header {
     /// User broadcast metadata (JSON text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) m: Option<String>,
+    /// A database broadcast's `realtime.messages.id`: receivers drop a message they already
+    /// delivered (a new reader publishes again what its predecessor had not confirmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) s: Option<String>,
+    /// The fencing token of the database-broadcast reader that published it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) f: Option<u64>,
 }
 
 /// Why an envelope could not be read (a foreign or corrupt message on our channel).
@@ -103,6 +110,8 @@ fn header(node: &str, k: Kind) -> Header {
         r: None,
         p: None,
         m: None,
+        s: None,
+        f: None,
     }
 }
 
@@ -121,6 +130,17 @@ pub(crate) fn encode_body(
     exclude: Option<SubId>,
     delivered: bool,
     tenant: bool,
+) -> Bytes {
+    encode(node, body, exclude, delivered, tenant, None)
+}
+
+fn encode(
+    node: &str,
+    body: &Body,
+    exclude: Option<SubId>,
+    delivered: bool,
+    tenant: bool,
+    stored: Option<(&str, u64)>,
 ) -> Bytes {
     let (kind, event, meta, bytes): (Kind, &str, Option<String>, Vec<u8>) = match body {
         Body::Json(m) => (
@@ -149,7 +169,17 @@ pub(crate) fn encode_body(
     h.d = delivered;
     h.t = tenant;
     h.m = meta;
+    if let Some((id, token)) = stored {
+        h.s = Some(id.to_owned());
+        h.f = Some(token);
+    }
     join(&h, &bytes)
+}
+
+/// Encode a database broadcast (the stored message `id`) published by the reader holding
+/// fencing token `token`; its deliveries count against the tenant's events counter.
+pub(crate) fn encode_stored(node: &str, body: &Body, id: &str, token: u64) -> Bytes {
+    encode(node, body, None, false, true, Some((id, token)))
 }
 
 /// Encode a presence join or leave of the entry `r` (its meta's `phx_ref`).

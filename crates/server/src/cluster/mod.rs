@@ -29,6 +29,10 @@
 //! are numbered and the inbox has an epoch, so a node tells entries lost to trimming or to
 //! Redis losing its data, and its postgres_changes channels get `phx_error` (`inbox.rs`).
 //!
+//! **Database broadcasts** (`realtime.send`, `broadcast_changes`) are read by one node too,
+//! under its own lease on a permanent slot, published through Redis like any broadcast, and
+//! confirmed to PostgreSQL only once Redis accepted them (`messages.rs`).
+//!
 //! **Redis faults.** The writer task ([`publisher`]) and the reader task ([`subscriber`]) each
 //! own their connections and reconnect on their own. While the writer cannot reach Redis, a
 //! WebSocket broadcast is delivered to local channels at once and kept (bounded) to publish
@@ -54,6 +58,7 @@ mod config;
 mod envelope;
 mod inbox;
 mod keys;
+mod messages;
 mod publisher;
 mod rates;
 mod scripts;
@@ -61,6 +66,7 @@ mod slot;
 mod subscriber;
 
 pub(crate) use changes::Lost;
+pub(crate) use messages::{DbBroadcast, MAX_IN_FLIGHT, STATUS_EVERY};
 pub(crate) use slot::SlotReader;
 
 use std::collections::HashSet;
@@ -130,6 +136,10 @@ pub(crate) struct Status {
     rates_warned: AtomicBool,
     /// Reports of the rate counters Redis answered.
     rate_reports: AtomicU64,
+    /// Database broadcasts this node received again (a new reader's re-publish): dropped.
+    db_duplicates_dropped: AtomicU64,
+    /// Database broadcasts of an older reader arriving after a newer one's: dropped.
+    db_fenced_dropped: AtomicU64,
     /// Topics some of whose broadcasts could not be queued: the writer reports them.
     overflowed: Mutex<HashSet<TopicKey>>,
 }
@@ -288,6 +298,7 @@ pub(crate) struct Cluster {
     sub_tx: mpsc::UnboundedSender<SubReq>,
     slot: Arc<SlotReader>,
     changes: std::sync::OnceLock<Arc<changes::Changes>>,
+    db_broadcast: std::sync::OnceLock<Arc<DbBroadcast>>,
 }
 
 impl Cluster {
@@ -386,6 +397,7 @@ impl Cluster {
                 sub_tx,
                 slot,
                 changes: std::sync::OnceLock::new(),
+                db_broadcast: std::sync::OnceLock::new(),
             },
             registry,
         ))
@@ -430,12 +442,6 @@ impl Cluster {
         }
     }
 
-    /// Whether this node counts database broadcasts against the tenant's events limit: every
-    /// node streams them, the slot reader counts them.
-    pub(crate) fn counts_database_broadcasts(&self) -> bool {
-        self.slot.is_owner()
-    }
-
     /// Whether one more concurrent user fits in the cluster's `limit` (counted if so).
     pub(crate) async fn admit_user(&self, limit: usize) -> bool {
         let (tx, rx) = oneshot::channel();
@@ -478,6 +484,7 @@ impl Cluster {
             "rate_limit_reports": s.rate_reports.load(Ordering::Relaxed),
             "presence_lease_ms": self.shared.config.presence_ttl().as_millis() as u64,
             "slot_owner": self.slot_status(),
+            "db_broadcast_reader": self.db_broadcast_status(),
         })
     }
 

@@ -124,12 +124,32 @@ impl SlotReader {
         slot_name: &str,
         shutdown: CancellationToken,
     ) -> Result<Arc<SlotReader>, ClusterError> {
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        Self::for_node(config, slot_name, node, shutdown)
+    }
+
+    /// The lease of another slot for the same node (the database-broadcast slot: its own
+    /// lease, so either stream's failure hands over only that stream).
+    pub(crate) fn sibling(
+        &self,
+        config: &super::ClusterConfig,
+        slot_name: &str,
+    ) -> Result<Arc<SlotReader>, ClusterError> {
+        Self::for_node(config, slot_name, self.node.clone(), self.shutdown.clone())
+    }
+
+    fn for_node(
+        config: &super::ClusterConfig,
+        slot_name: &str,
+        node: String,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<SlotReader>, ClusterError> {
         let url = config.redis_url.clone().unwrap_or_default();
         let client = redis::Client::open(url.as_str()).map_err(ClusterError::Url)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let prefix = config.redis_prefix.clone();
         Ok(Arc::new(SlotReader {
-            node: uuid::Uuid::new_v4().simple().to_string(),
+            node,
             client,
             lease_key: format!("{prefix}:pg:lease:{slot_name}"),
             fence_key: format!("{prefix}:pg:fence:{slot_name}"),

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::envelope::{self, Envelope, Kind};
 use super::keys::TopicKeys;
+use super::messages::RecentIds;
 use super::{now_ms, scripts, Shared, SubReq};
 use crate::registry::Topic;
 
@@ -52,6 +53,8 @@ struct TopicState {
     pos: Option<Position>,
     ready: bool,
     waiters: Vec<oneshot::Sender<()>>,
+    /// The highest fencing token of a database broadcast delivered on this topic.
+    fence: u64,
 }
 
 struct Link {
@@ -68,6 +71,8 @@ struct Reader {
     next_attempt: Instant,
     backoff: Duration,
     last_ping: Instant,
+    /// Database broadcasts delivered lately, by `realtime.messages.id`.
+    recent: RecentIds,
 }
 
 pub(crate) async fn run(
@@ -83,6 +88,7 @@ pub(crate) async fn run(
         next_attempt: now,
         backoff: TICK,
         last_ping: now,
+        recent: RecentIds::default(),
     };
     r.tick().await;
     let mut tick = tokio::time::interval(TICK);
@@ -156,6 +162,7 @@ impl Reader {
                         pos: None,
                         ready: false,
                         waiters,
+                        fence: 0,
                     },
                 );
                 self.update_count();
@@ -293,7 +300,12 @@ impl Reader {
     }
 
     /// Deliver one envelope to this node's channels of the topic.
-    fn deliver(&self, channel: &str, e: Envelope) {
+    fn deliver(&mut self, channel: &str, e: Envelope) {
+        if let Some(id) = &e.header.s {
+            if !self.fresh_stored(channel, id, e.header.f.unwrap_or(0)) {
+                return;
+            }
+        }
         let Some(t) = self.topics.get(channel) else {
             return;
         };
@@ -330,6 +342,11 @@ impl Reader {
                 }
                 let exclude = if mine { e.header.x } else { None };
                 match e.body(&t.topic.wire_topic()) {
+                    // a database broadcast: not to subscribers that got it by replay
+                    Ok(body) if e.header.s.is_some() => {
+                        let id = e.header.s.as_deref().unwrap_or_default();
+                        t.topic.broadcast_stored(body, id, &s.events);
+                    }
                     Ok(body) => {
                         t.topic
                             .broadcast_local(body, exclude, e.tenant_counter(&s.events));
@@ -340,6 +357,32 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Whether a database broadcast is new here: not one a new reader published again (same
+    /// id), nor a stale reader's late publish (an older token after a newer one on the topic,
+    /// which the newer reader published again from its confirmed position).
+    fn fresh_stored(&mut self, channel: &str, id: &str, token: u64) -> bool {
+        let Some(t) = self.topics.get_mut(channel) else {
+            return false;
+        };
+        let status = &self.shared.status;
+        if token < t.fence {
+            status.db_fenced_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                id,
+                token,
+                fence = t.fence,
+                "cluster: database broadcast of a replaced reader dropped"
+            );
+            return false;
+        }
+        t.fence = token;
+        if !self.recent.insert(id) {
+            status.db_duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// This node's channels of the topic missed messages for good: they rejoin.

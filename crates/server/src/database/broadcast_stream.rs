@@ -5,6 +5,9 @@
 //! Streaming, not polling: a commit reaches subscribers in about a millisecond. The slot is
 //! temporary, as upstream's: messages committed while the server is down are not streamed
 //! later, but stay readable through `broadcast.replay` for three days.
+//!
+//! In cluster mode one node reads a permanent slot for the cluster and publishes through
+//! Redis instead ([`super::broadcast_cluster`]); this module then only decodes the rows.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -38,6 +41,8 @@ pub(crate) enum StreamError {
     Replication(#[from] crate::replication::ReplError),
     #[error("replication: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// The publication upstream streams `realtime.messages` from.
@@ -45,6 +50,9 @@ pub(crate) const PUBLICATION: &str = "supabase_realtime_messages_publication";
 
 /// Keep the stream up until shutdown, reconnecting with backoff.
 pub(crate) async fn run(state: Arc<AppState>, db: Arc<Database>, shutdown: CancellationToken) {
+    if state.cluster.is_some() {
+        return super::broadcast_cluster::run(state, db, shutdown).await;
+    }
     let mut delay = Duration::from_millis(200);
     loop {
         if db.is_ready() {
@@ -67,7 +75,7 @@ pub(crate) async fn run(state: Arc<AppState>, db: Arc<Database>, shutdown: Cance
     }
 }
 
-const ENSURE_PUBLICATION: &str = "
+pub(crate) const ENSURE_PUBLICATION: &str = "
 DO $p$
 BEGIN
   PERFORM pg_advisory_xact_lock(hashtext('supabase_realtime_messages_publication'));
@@ -123,7 +131,7 @@ async fn session(
             }
             Frame::Message(Message::Insert { rel, new }) => {
                 if let Some(r) = relations.get(&rel) {
-                    if r.schema == "realtime" && r.table.starts_with("messages") {
+                    if is_messages(r) {
                         deliver(state, r, &new);
                         state.metrics.database_broadcast(commit_ts);
                     }
@@ -164,21 +172,32 @@ fn hex_bytea(text: &str) -> Option<Bytes> {
     bytes.map(Bytes::from)
 }
 
-fn deliver(state: &AppState, r: &Relation, row: &[Datum]) {
+/// A row of `realtime.messages` to broadcast, decoded.
+pub(crate) struct Stored {
+    pub(crate) key: TopicKey,
+    pub(crate) id: String,
+    pub(crate) body: Body,
+}
+
+/// Whether a relation is `realtime.messages` (or one of its partitions).
+pub(crate) fn is_messages(r: &Relation) -> bool {
+    r.schema == "realtime" && r.table.starts_with("messages")
+}
+
+/// The broadcast an inserted row makes, if any: counted once against the tenant's events
+/// limit (dropped, logged, when over it or over the payload limit).
+pub(crate) fn stored(state: &AppState, r: &Relation, row: &[Datum]) -> Option<Stored> {
     if column(r, row, "extension") != Some("broadcast") {
-        return;
+        return None;
     }
     let (Some(topic), Some(id)) = (column(r, row, "topic"), column(r, row, "id")) else {
-        return;
+        return None;
     };
     let event = column(r, row, "event").unwrap_or("").to_owned();
     let private = column(r, row, "private") == Some("t");
     let payload = match (column(r, row, "payload"), column(r, row, "binary_payload")) {
         (Some(json), _) => UserPayload::Json(Bytes::from(json.to_owned())),
-        (None, Some(bin)) => match hex_bytea(bin) {
-            Some(b) => UserPayload::Binary(b),
-            None => return,
-        },
+        (None, Some(bin)) => UserPayload::Binary(hex_bytea(bin)?),
         (None, None) => UserPayload::Json(Bytes::from_static(b"{}")),
     };
     if payload.bytes().len() > state.config.max_payload_bytes() {
@@ -187,31 +206,25 @@ fn deliver(state: &AppState, r: &Relation, row: &[Datum]) {
             id,
             "database broadcast over the payload limit: dropped"
         );
-        return;
+        return None;
     }
-    // In cluster mode every node streams every message: the slot reader alone counts the
-    // message itself (each node counts its own deliveries), so it counts once for the tenant.
-    let counted = state
-        .cluster
-        .as_ref()
-        .is_none_or(|c| c.counts_database_broadcasts());
-    if state.events.add_and_check(u64::from(counted)) {
+    // The message itself counts once (each delivery counts too, where it is made).
+    if state.events.add_and_check(1) {
         tracing::warn!(
             topic,
             id,
             "database broadcast dropped: too many messages per second"
         );
-        return;
+        return None;
     }
-    let Some(t) = state.registry.get(&TopicKey {
-        name: topic.to_owned(),
-        private,
-    }) else {
-        return;
-    };
     let metadata = Bytes::from(json!({"id": id}).to_string());
-    t.broadcast_stored(
-        Body::User(UserBroadcast {
+    Some(Stored {
+        key: TopicKey {
+            name: topic.to_owned(),
+            private,
+        },
+        id: id.to_owned(),
+        body: Body::User(UserBroadcast {
             join_ref: None,
             msg_ref: None,
             topic: format!("{TOPIC_PREFIX}{topic}"),
@@ -219,7 +232,14 @@ fn deliver(state: &AppState, r: &Relation, row: &[Datum]) {
             metadata: Some(metadata),
             payload,
         }),
-        id,
-        &state.events,
-    );
+    })
+}
+
+fn deliver(state: &AppState, r: &Relation, row: &[Datum]) {
+    let Some(s) = stored(state, r, row) else {
+        return;
+    };
+    if let Some(t) = state.registry.get(&s.key) {
+        t.broadcast_stored(s.body, &s.id, &state.events);
+    }
 }

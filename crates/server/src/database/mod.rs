@@ -7,12 +7,14 @@
 //!   RLS policies on `realtime.messages`, as upstream does.
 //! * [`replay`] reads stored messages for `broadcast.replay`.
 //! * [`broadcast_stream`] streams inserts into `realtime.messages` by logical replication and
-//!   fans them out to the topic's subscribers.
+//!   fans them out to the topic's subscribers; in cluster mode [`broadcast_cluster`] reads them
+//!   on one node for the cluster and publishes them through Redis.
 //!
 //! The server keeps running without the database: until it is reachable, private joins get
 //! upstream's `UnableToConnectToProject` error and broadcast/presence on public channels work.
 
 pub(crate) mod authorization;
+pub(crate) mod broadcast_cluster;
 pub(crate) mod broadcast_stream;
 pub(crate) mod replay;
 

@@ -16,8 +16,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::ANON;
 
-/// Drop a slot left by an earlier run of the same test.
+/// Drop a slot left by an earlier run of the same test, and the database-broadcast slot a
+/// cluster of that slot name makes (`<slot>_messages`).
 pub async fn drop_slot(c: &tokio_postgres::Client, slot: &str) {
+    drop_one_slot(c, slot).await;
+    drop_one_slot(c, &format!("{slot}_messages")).await;
+}
+
+async fn drop_one_slot(c: &tokio_postgres::Client, slot: &str) {
     let _ = c
         .execute(
             "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
