@@ -18,9 +18,9 @@
 //!   the writer task (the broadcast path of every other broadcast), and a transaction's end is
 //!   confirmed to PostgreSQL only after Redis accepted every publish up to it. So a reader
 //!   killed at any moment has confirmed only what is in Redis; what it had published but not
-//!   confirmed is published again by the next reader: at most [`MAX_IN_FLIGHT`] messages plus
-//!   those acknowledged during the last status interval ([`STATUS_EVERY`]) and the rest of the
-//!   transaction in progress.
+//!   confirmed is published again by the next reader: at most [`MAX_IN_FLIGHT`] messages not
+//!   yet acknowledged plus [`STATUS_BATCH`] acknowledged but not yet reported (1,280), or a
+//!   whole transaction when one transaction sends more (its end is confirmed at its commit).
 //! * **Duplicates dropped by id.** Every node keeps the last [`RECENT_IDS`] message ids it
 //!   delivered and drops a message it sees again (counted in `/api/health`), and a message of
 //!   an older fencing token arriving after a newer one on the same topic (a stale reader's
@@ -48,6 +48,8 @@ use crate::registry::TopicKey;
 pub(crate) const MAX_IN_FLIGHT: usize = 1_024;
 /// How often the reader tells PostgreSQL what Redis has accepted.
 pub(crate) const STATUS_EVERY: Duration = Duration::from_millis(100);
+/// ... and sooner, once this many publishes were acknowledged since it last did.
+pub(crate) const STATUS_BATCH: usize = 256;
 /// Message ids each node remembers to drop what a new reader publishes again.
 pub(crate) const RECENT_IDS: usize = 65_536;
 /// PostgreSQL's limit on a slot name.

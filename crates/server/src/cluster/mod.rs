@@ -66,7 +66,7 @@ mod slot;
 mod subscriber;
 
 pub(crate) use changes::Lost;
-pub(crate) use messages::{DbBroadcast, MAX_IN_FLIGHT, STATUS_EVERY};
+pub(crate) use messages::{DbBroadcast, MAX_IN_FLIGHT, STATUS_BATCH, STATUS_EVERY};
 pub(crate) use slot::SlotReader;
 
 use std::collections::HashSet;

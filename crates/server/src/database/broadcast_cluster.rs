@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::broadcast_stream::{self, StreamError, PUBLICATION};
 use super::Database;
-use crate::cluster::{ClusterError, DbBroadcast, MAX_IN_FLIGHT, STATUS_EVERY};
+use crate::cluster::{ClusterError, DbBroadcast, MAX_IN_FLIGHT, STATUS_BATCH, STATUS_EVERY};
 use crate::metrics::Stream;
 use crate::postgres::SlotGate;
 use crate::replication::pgoutput::{Message, Relation};
@@ -178,6 +178,8 @@ async fn session(
     let mut acked: u64 = 0;
     let mut commits: VecDeque<(u64, u64)> = VecDeque::new();
     let mut in_txn = false;
+    // acknowledged since PostgreSQL was last told: told early past STATUS_BATCH
+    let mut unreported = 0usize;
     let mut status = tokio::time::interval(STATUS_EVERY);
     loop {
         let frame = tokio::select! {
@@ -186,7 +188,10 @@ async fn session(
             () = lost.cancelled() => return Ok(()),
             ack = acks.next(), if !acks.is_empty() => {
                 match ack {
-                    Some(Ok(Ok(()))) => acked += 1,
+                    Some(Ok(Ok(()))) => {
+                        acked += 1;
+                        unreported += 1;
+                    }
                     Some(Ok(Err(e))) => return Err(e.into()),
                     Some(Err(_)) | None => return Err(ClusterError::Unavailable.into()),
                 }
@@ -195,9 +200,14 @@ async fn session(
                         stream.idle(end, false, true).await?;
                     }
                 }
+                if unreported >= STATUS_BATCH {
+                    unreported = 0;
+                    stream.tick().await?;
+                }
                 continue;
             }
             _ = status.tick() => {
+                unreported = 0;
                 stream.tick().await?;
                 reader.stats.confirmed_lsn.store(stream.confirmed(), Ordering::Relaxed);
                 state.metrics.replication_confirmed(Stream::DatabaseBroadcast, stream.confirmed(), 0);
