@@ -367,8 +367,8 @@ async fn a_database_broadcast_counts_once_for_the_cluster() {
                 .await
                 .unwrap();
             streaming += usize::from(h["database"]["broadcast_streaming"] == true);
-            ready &= h["cluster"]["nodes_seen"] == 2
-                && h["cluster"]["rate_limits_cluster_wide"] == true;
+            ready &=
+                h["cluster"]["nodes_seen"] == 2 && h["cluster"]["rate_limits_cluster_wide"] == true;
             owners += usize::from(h["cluster"]["slot_owner"]["this_node"] == true);
         }
         if ready && owners == 1 && streaming == 1 {
