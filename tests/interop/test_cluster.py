@@ -260,7 +260,8 @@ def _health(proc):
 
 class ClusterPgServer:
     """A cluster node on the database: ready when its feed streams the shared slot or stands
-    by for it (another node holds the lease)."""
+    by for it (another node holds the lease), and the same for database broadcasts (one node
+    streams the cluster's `<slot>_messages` slot)."""
 
     def __init__(self, url, prefix, log_dir, flags):
         from pg_support import PgServer
@@ -277,8 +278,10 @@ class ClusterPgServer:
                 health = _health(self.proc)
                 db = health.get("database") or {}
                 pc = health.get("postgres_changes") or {}
-                owner = (health.get("cluster") or {}).get("slot_owner") or {}
-                if db.get("ready") is True and db.get("broadcast_streaming") is True \
+                cluster = health.get("cluster") or {}
+                owner = cluster.get("slot_owner") or {}
+                messages = cluster.get("db_broadcast_reader") or {}
+                if db.get("ready") is True and messages.get("node") \
                         and pc.get("state") in ("streaming", "standby") and owner.get("node"):
                     return self.proc
             except (httpx.HTTPError, ValueError):
@@ -288,7 +291,15 @@ class ClusterPgServer:
         raise RuntimeError(f"cluster node not ready: {health}\n{self.proc.log_tail()}")
 
     def stop(self):
-        return self.inner.stop()
+        from pg_support import psql, sql_literal
+        code = self.inner.stop()
+        # the cluster's database-broadcast slot is permanent too
+        try:
+            psql(self.inner.url, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                 f"WHERE slot_name = {sql_literal(self.inner.slot + '_messages')} AND NOT active;")
+        except RuntimeError:
+            pass
+        return code
 
 
 async def test_database_changes_reach_subscribers_on_every_node_once(request, redis, js_factory,
@@ -296,7 +307,7 @@ async def test_database_changes_reach_subscribers_on_every_node_once(request, re
     """postgres_changes in cluster mode: three nodes share one slot; the node holding its lease
     reads it for the subscribers of every node (the others stand by), so each subscriber gets
     every change once. Database broadcasts (realtime.send) reach each node's channels once
-    (each node streams realtime.messages through its own temporary slot)."""
+    (one node streams realtime.messages for the cluster and publishes through Redis)."""
     from pg_support import PgServer, apsql, drop_stale_slots, require_database
     from test_postgres_changes import js_change, js_subscriber, py_subscriber
 
@@ -337,7 +348,14 @@ async def test_database_changes_reach_subscribers_on_every_node_once(request, re
         for peer, key in ((js1, "new"), (py2, "data"), (js3, "new")):
             assert ids(peer, key) == list(range(1, n + 1)), f"{peer.name}: every change once"
 
-        # Database broadcasts: every node streams realtime.messages itself, for its own channels.
+        # Database broadcasts: one node streams realtime.messages, every node delivers.
+        deadline = time.monotonic() + 20
+        while True:
+            streaming = [(_health(p.proc)["database"] or {}).get("broadcast_streaming") for p in pg_nodes]
+            if streaming.count(True) == 1 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert streaming.count(True) == 1, f"one database-broadcast reader: {streaming}"
         topic = unique_topic("cldb")
         a = await js_factory("dbb-a", "2.0.0")
         await a.connect(pg_nodes[0].proc)
