@@ -1,7 +1,8 @@
 //! Logical replication from PostgreSQL, below both of its users: postgres_changes
 //! (`crate::postgres`, a permanent slot streaming the `supabase_realtime` publication) and
 //! database broadcast (`crate::database::broadcast_stream`, a temporary slot streaming
-//! `realtime.messages`).
+//! `realtime.messages`; in cluster mode `crate::database::broadcast_cluster`, one permanent
+//! slot read by one node).
 //!
 //! * [`connection`]: the streaming-replication half of the wire protocol (startup in
 //!   replication mode, authentication, `START_REPLICATION`, XLogData / keepalive frames in,
