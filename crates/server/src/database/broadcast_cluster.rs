@@ -184,8 +184,15 @@ async fn session(
     loop {
         let frame = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
-            () = lost.cancelled() => return Ok(()),
+            // what Redis accepted may always be confirmed: fewer to publish again
+            () = shutdown.cancelled() => {
+                let _ = stream.tick().await;
+                return Ok(());
+            }
+            () = lost.cancelled() => {
+                let _ = stream.tick().await;
+                return Ok(());
+            }
             ack = acks.next(), if !acks.is_empty() => {
                 match ack {
                     Some(Ok(Ok(()))) => {
