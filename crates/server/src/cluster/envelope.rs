@@ -330,6 +330,28 @@ mod tests {
     }
 
     #[test]
+    fn database_broadcasts_carry_their_id_and_token() {
+        let b = Body::User(UserBroadcast {
+            join_ref: None,
+            msg_ref: None,
+            topic: "realtime:t".into(),
+            event: "ev".into(),
+            metadata: Some(Bytes::from_static(br#"{"id":"m1"}"#)),
+            payload: UserPayload::Json(Bytes::from_static(br#"{"i":1}"#)),
+        });
+        let e = decode(encode_stored("n1", &b, "m1", 42)).unwrap();
+        assert_eq!(e.header.s.as_deref(), Some("m1"));
+        assert_eq!(e.header.f, Some(42));
+        assert!(e.header.t, "its deliveries count for the tenant");
+        let plain = decode(encode_body("n1", &b, None, false, true)).unwrap();
+        assert!(plain.header.s.is_none() && plain.header.f.is_none());
+        match e.body("realtime:t").unwrap() {
+            Body::User(u) => assert_eq!(u.metadata.as_deref(), Some(&br#"{"id":"m1"}"#[..])),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn positions_and_bad_input() {
         let enc = encode_gap("n");
         let mut msg = b"12:ep:".to_vec();
