@@ -309,3 +309,99 @@ async fn redis_down_pauses_database_broadcasts_and_loses_nothing() {
     drop(nodes);
     drop_slot(&c, "slot_cdr").await;
 }
+
+/// Policies of this file's own topics (permissive policies add up: other tests' topics are
+/// not affected): `cdbok-*` readable by any signed-in user, `cdbpres-*` presence only.
+const POLICIES: &str = "
+BEGIN;
+SELECT pg_advisory_xact_lock(727274);
+DROP POLICY IF EXISTS rs_cdb_select ON realtime.messages;
+CREATE POLICY rs_cdb_select ON realtime.messages FOR SELECT TO authenticated USING (
+  realtime.topic() LIKE 'cdbok-%' OR (realtime.topic() LIKE 'cdbpres-%' AND extension = 'presence'));
+COMMIT;
+";
+
+async fn join_room(addr: &str, topic: &str, private: bool) -> Ws {
+    let mut ws = Ws::connect(addr).await;
+    let r = ws
+        .send(
+            &format!("realtime:{topic}"),
+            "phx_join",
+            json!({"config": {"private": private, "presence": {"enabled": true}}, "access_token": user_token("88888888-8888-8888-8888-888888888888")}),
+            None,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = ws
+            .recv(deadline - Instant::now())
+            .await
+            .expect("join reply");
+        if m["event"] == "phx_reply" && m["ref"] == r.as_str() {
+            assert_eq!(m["payload"]["status"], "ok", "join refused: {m}");
+            return ws;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_channels_are_checked_per_subscriber_on_every_node() {
+    let Some(url) = require_db("private_channels_are_checked_per_subscriber_on_every_node") else {
+        return;
+    };
+    let Some(redis) = require_redis("cluster private database broadcasts", false) else {
+        return;
+    };
+    let c = db(&url).await;
+    drop_slot(&c, "slot_cdp").await;
+    c.batch_execute(POLICIES).await.unwrap();
+    let redis_url = redis.url();
+    let extra = ["--redis-url", redis_url.as_str()];
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(ServerProc::start(Some(&url), "cdp", &extra, 0, None).await);
+    }
+    reader_of(&nodes, None).await;
+    let suffix = now_secs();
+    let (ok, pres) = (format!("cdbok-{suffix}"), format!("cdbpres-{suffix}"));
+    // allowed on both nodes; presence-only (no broadcast read) on node 1; the public room of
+    // the same name on node 0
+    let mut allowed = vec![
+        join_room(&nodes[0].addr, &ok, true).await,
+        join_room(&nodes[1].addr, &ok, true).await,
+    ];
+    let mut presence_only = join_room(&nodes[1].addr, &pres, true).await;
+    let mut public = join_room(&nodes[0].addr, &ok, false).await;
+    for (i, topic, private) in [(1, &ok, true), (2, &pres, true), (3, &ok, false)] {
+        c.execute(
+            "SELECT realtime.send($1::text::jsonb, 'n', $2, $3)",
+            &[&json!({"i": i}).to_string(), topic, &private],
+        )
+        .await
+        .unwrap();
+    }
+    for (node, ws) in allowed.iter_mut().enumerate() {
+        let mut counts = HashMap::new();
+        collect(ws, &mut counts, 1, Duration::from_secs(20)).await;
+        assert_eq!(
+            counts,
+            HashMap::from([(1, 1)]),
+            "node {node}: the private message once"
+        );
+    }
+    let mut counts = HashMap::new();
+    collect(&mut public, &mut counts, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        counts,
+        HashMap::from([(3, 1)]),
+        "the public room: its own message only"
+    );
+    let mut counts = HashMap::new();
+    collect(&mut presence_only, &mut counts, 1, Duration::from_secs(2)).await;
+    assert!(
+        counts.is_empty(),
+        "no broadcast read access: nothing delivered ({counts:?})"
+    );
+    drop(nodes);
+    drop_slot(&c, "slot_cdp").await;
+}
