@@ -17,18 +17,22 @@
 //! * Dropping the returned [`Subscription`] unsubscribes; `update_claims` follows an
 //!   `access_token` push.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod activate;
 mod catalog;
 mod dispatch;
 mod error;
 mod eval;
 mod feed;
 mod filter;
+mod owner;
 mod registry;
 mod rls;
 mod setup;
@@ -42,7 +46,7 @@ pub(crate) use feed::SlotGate;
 
 use crate::metrics::Metrics;
 pub use error::FeedError;
-use registry::{Claims, SubEntry, SubState};
+use owner::Command;
 
 /// Settings of the change feed.
 #[derive(Debug, Clone)]
@@ -219,20 +223,32 @@ pub struct SubscribeRequest {
     pub sink: Sink,
 }
 
-/// The change feed shared by all connections.
+/// The change feed shared by all connections: a handle that sends commands to the feed's
+/// task (owner.rs), which owns every subscription.
 pub struct ChangeFeed {
-    shared: Option<Arc<feed::Shared>>,
+    commands: Option<mpsc::UnboundedSender<Command>>,
+    /// Subscription ids are chosen here, so a subscription can be dropped (and its
+    /// `Unsubscribe` sent) before the task has handled its `Subscribe`.
+    next_id: AtomicU64,
 }
 
 /// A live subscription; dropping it unsubscribes.
 pub struct Subscription {
-    shared: Option<Arc<feed::Shared>>,
+    commands: Option<mpsc::UnboundedSender<Command>>,
     id: u64,
 }
 
+/// What channels are told when the database cannot be reached (upstream's text for a tenant
+/// database it cannot connect to).
+pub(crate) const DB_UNAVAILABLE: &str = "Realtime was unable to connect to the project database";
+
 /// The text a channel gets when the server has no database: the real server's text for a
 /// project database it cannot connect to (it has no "postgres_changes disabled" mode).
-pub const NO_DATABASE_MESSAGE: &str = feed::DB_UNAVAILABLE;
+pub const NO_DATABASE_MESSAGE: &str = DB_UNAVAILABLE;
+
+/// How long health waits for the feed's task to answer (it may be inside a long database
+/// call).
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 
 impl ChangeFeed {
     /// Start streaming from the database in the background.
@@ -248,62 +264,72 @@ impl ChangeFeed {
         metrics: Arc<Metrics>,
         gate: Option<Arc<dyn SlotGate>>,
     ) -> Arc<ChangeFeed> {
-        let shared = feed::Shared::new(config, metrics, gate);
-        tokio::spawn(feed::run(shared.clone(), shutdown));
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let task = feed::Feed {
+            cfg: config,
+            metrics,
+            gate,
+            commands: commands.clone(),
+            inbox,
+        };
+        tokio::spawn(feed::run(task, shutdown));
         Arc::new(ChangeFeed {
-            shared: Some(shared),
+            commands: Some(commands),
+            next_id: AtomicU64::new(1),
         })
     }
 
     /// The feed when no database is configured.
     pub fn disabled() -> Arc<ChangeFeed> {
-        Arc::new(ChangeFeed { shared: None })
+        Arc::new(ChangeFeed {
+            commands: None,
+            next_id: AtomicU64::new(1),
+        })
     }
 
     /// Subscribe a channel. Returns at once; the outcome arrives through the sink.
     ///
     /// Call it after the join reply was queued: a refusal may reach the sink immediately.
     pub fn subscribe(&self, request: SubscribeRequest) -> Subscription {
-        let Some(shared) = &self.shared else {
+        let Some(commands) = &self.commands else {
             (request.sink)(FeedEvent::Error(NO_DATABASE_MESSAGE.to_string()));
             return Subscription {
-                shared: None,
+                commands: None,
                 id: 0,
             };
         };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        shared.metrics.postgres_subscribed(1);
-        let entry = Arc::new(SubEntry {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sent = commands.send(Command::Subscribe {
             id,
             topic: request.topic,
+            claims: request.claims,
             bindings: request.bindings,
-            sink: request.sink,
-            claims: parking_lot::Mutex::new(Arc::new(Claims::from_value(&request.claims))),
-            state: parking_lot::Mutex::new(SubState::Pending),
-            generation: AtomicU64::new(0),
-            alive: AtomicBool::new(true),
+            sink: request.sink.clone(),
         });
-        shared.registry.write().insert(entry.clone());
-        let phase = shared.phase.lock().clone();
-        match phase {
-            feed::Phase::Up(client) => {
-                tokio::spawn(feed::activate(shared.clone(), entry, client));
-            }
-            feed::Phase::Down => entry.send(FeedEvent::Error(NO_DATABASE_MESSAGE.to_string())),
-            feed::Phase::Starting => {}
+        if sent.is_err() {
+            // the feed's task ended (server shutting down)
+            (request.sink)(FeedEvent::Error(NO_DATABASE_MESSAGE.to_string()));
         }
         Subscription {
-            shared: Some(shared.clone()),
+            commands: Some(commands.clone()),
             id,
         }
     }
 
     /// A JSON summary for health endpoints and logs: state (`starting`, `connected`,
-    /// `streaming`, `down`, or `enabled: false`), confirmed LSN, last error, counters.
-    pub fn status(&self) -> Value {
-        match &self.shared {
-            Some(s) => s.status(),
-            None => serde_json::json!({"enabled": false}),
+    /// `streaming`, `standby`, `down`, or `enabled: false`), confirmed LSN, last error,
+    /// counters.
+    pub async fn status(&self) -> Value {
+        let Some(commands) = &self.commands else {
+            return serde_json::json!({"enabled": false});
+        };
+        let (reply, answer) = oneshot::channel();
+        if commands.send(Command::Status { reply }).is_err() {
+            return serde_json::json!({"enabled": true, "state": "stopped"});
+        }
+        match tokio::time::timeout(STATUS_WAIT, answer).await {
+            Ok(Ok(status)) => status,
+            _ => serde_json::json!({"enabled": true, "state": "busy"}),
         }
     }
 
@@ -323,37 +349,19 @@ pub fn check_filter(filter: &str) -> Result<usize, String> {
 impl Subscription {
     /// The channel swapped its token: use these claims from now on.
     pub fn update_claims(&self, claims: Value) {
-        let Some(shared) = &self.shared else { return };
-        let Some(entry) = shared.registry.read().get(self.id) else {
-            return;
-        };
-        let new = Arc::new(Claims::from_value(&claims));
-        {
-            let mut c = entry.claims.lock();
-            if **c == *new {
-                return;
-            }
-            *c = new;
-        }
-        entry.generation.fetch_add(1, Ordering::AcqRel);
-        if matches!(*entry.state.lock(), SubState::Failed) {
-            shared
-                .registry
-                .write()
-                .set_state(self.id, SubState::Pending);
-        }
-        let phase = shared.phase.lock().clone();
-        if let feed::Phase::Up(client) = phase {
-            tokio::spawn(feed::activate(shared.clone(), entry, client));
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Command::Claims {
+                id: self.id,
+                claims,
+            });
         }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.metrics.postgres_subscribed(-1);
-            shared.registry.write().remove(self.id);
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Command::Unsubscribe { id: self.id });
         }
     }
 }

@@ -1,0 +1,313 @@
+//! The feed's owner task state: the registry of subscriptions, the phase of the database
+//! session, and the status counters, changed only by this task.
+//!
+//! Everything else talks to it with [`Command`]s over one channel, handled in arrival order:
+//! channels subscribe, unsubscribe and swap claims ([`super::ChangeFeed`] and
+//! [`super::Subscription`] send these and never wait); the activator reports compilations
+//! (activate.rs); retry timers report that a retry is due; health asks for the status and
+//! gets it back by oneshot. The streaming session (feed.rs) runs in the same task and handles
+//! commands between stream frames, so a change is matched against the registry exactly as
+//! the commands before it left it: a channel sees changes only after its `Subscribed` was
+//! handed to its sink, and nothing after it unsubscribed.
+//!
+//! Replies that arrive late are told apart by tickets: every compilation request (and retry
+//! timer) gets a fresh ticket, the subscription records the one it waits for, and a reply
+//! with any other ticket answers a request that no longer matters (claims swapped since,
+//! the session that asked ended, the channel left).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::activate::Job;
+use super::registry::{Claims, Registry, SubEntry, SubState};
+use super::subscribe::{CompileError, CompiledBinding};
+use super::{Binding, FeedEvent, Sink, DB_UNAVAILABLE};
+use crate::metrics::Metrics;
+use crate::replication::format_lsn;
+
+/// What the owner task is asked to do.
+pub(crate) enum Command {
+    /// A channel subscribes (its id chosen by the caller, so an `Unsubscribe` can follow
+    /// without waiting).
+    Subscribe {
+        id: u64,
+        topic: String,
+        claims: Value,
+        bindings: Vec<Binding>,
+        sink: Sink,
+    },
+    /// The channel left (its [`super::Subscription`] was dropped).
+    Unsubscribe { id: u64 },
+    /// The channel swapped its access token: these claims from now on.
+    Claims { id: u64, claims: Value },
+    /// The activator compiled a subscription (or failed to).
+    Compiled {
+        id: u64,
+        ticket: u64,
+        result: Result<Vec<CompiledBinding>, CompileError>,
+    },
+    /// A failed compilation may be tried again.
+    RetryDue { id: u64, ticket: u64 },
+    /// Health asks where the feed stands.
+    Status { reply: oneshot::Sender<Value> },
+}
+
+/// Where the database session stands.
+enum Phase {
+    /// First connection attempt in progress: subscriptions wait silently.
+    Starting,
+    /// Connected; subscriptions compile through this session's activator.
+    Up(mpsc::UnboundedSender<Job>),
+    /// Database unreachable: subscriptions are told and wait.
+    Down,
+}
+
+/// The owner task's state.
+pub(crate) struct Core {
+    pub(crate) registry: Registry,
+    phase: Phase,
+    pub(crate) metrics: Arc<Metrics>,
+    /// For retry timers, which report back as commands.
+    commands: mpsc::UnboundedSender<Command>,
+    next_ticket: u64,
+    slot: String,
+    publication: String,
+    /// Cluster mode: a connected node that does not hold the slot's lease is a standby.
+    gated: bool,
+    /// End of the last transaction handed to every sink (0: none yet in this process).
+    pub(crate) delivered_lsn: u64,
+    pub(crate) streaming: bool,
+    pub(crate) confirmed_lsn: u64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) reconnects: u64,
+    pub(crate) changes: u64,
+    pub(crate) deliveries: u64,
+}
+
+impl Core {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        commands: mpsc::UnboundedSender<Command>,
+        slot: String,
+        publication: String,
+        gated: bool,
+    ) -> Core {
+        Core {
+            registry: Registry::default(),
+            phase: Phase::Starting,
+            metrics,
+            commands,
+            next_ticket: 1,
+            slot,
+            publication,
+            gated,
+            delivered_lsn: 0,
+            streaming: false,
+            confirmed_lsn: 0,
+            last_error: None,
+            reconnects: 0,
+            changes: 0,
+            deliveries: 0,
+        }
+    }
+
+    pub(crate) fn handle(&mut self, command: Command) {
+        match command {
+            Command::Subscribe {
+                id,
+                topic,
+                claims,
+                bindings,
+                sink,
+            } => self.subscribe(id, topic, &claims, bindings, sink),
+            Command::Unsubscribe { id } => {
+                if self.registry.remove(id) {
+                    self.metrics.postgres_subscribed(-1);
+                }
+            }
+            Command::Claims { id, claims } => self.update_claims(id, &claims),
+            Command::Compiled { id, ticket, result } => self.compiled(id, ticket, result),
+            Command::RetryDue { id, ticket } => {
+                let due = self.registry.get(id).is_some_and(|e| {
+                    e.awaiting == Some(ticket) && matches!(e.state, SubState::Pending)
+                });
+                if due {
+                    self.activate(id);
+                }
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        id: u64,
+        topic: String,
+        claims: &Value,
+        bindings: Vec<Binding>,
+        sink: Sink,
+    ) {
+        self.metrics.postgres_subscribed(1);
+        let entry = SubEntry {
+            topic,
+            bindings: Arc::new(bindings),
+            sink,
+            claims: Arc::new(Claims::from_value(claims)),
+            state: SubState::Pending,
+            awaiting: None,
+        };
+        if matches!(self.phase, Phase::Down) {
+            entry.send(FeedEvent::Error(DB_UNAVAILABLE.to_string()));
+        }
+        self.registry.insert(id, entry);
+        self.activate(id);
+    }
+
+    fn update_claims(&mut self, id: u64, claims: &Value) {
+        let Some(entry) = self.registry.get_mut(id) else {
+            return;
+        };
+        let new = Arc::new(Claims::from_value(claims));
+        if *entry.claims == *new {
+            return;
+        }
+        entry.claims = new;
+        // a compilation under way was for the old claims
+        entry.awaiting = None;
+        if matches!(entry.state, SubState::Failed) {
+            self.registry.set_state(id, SubState::Pending);
+        }
+        self.activate(id);
+    }
+
+    /// Ask this session's activator to compile subscription `id` for its current claims (a
+    /// no-op while there is no session: the next one compiles every subscription).
+    fn activate(&mut self, id: u64) {
+        let Phase::Up(activator) = &self.phase else {
+            return;
+        };
+        let Some(entry) = self.registry.get_mut(id) else {
+            return;
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        entry.awaiting = Some(ticket);
+        let _ = activator.send(Job::Compile {
+            id,
+            ticket,
+            role: entry.claims.role.clone(),
+            bindings: entry.bindings.clone(),
+        });
+    }
+
+    fn compiled(
+        &mut self,
+        id: u64,
+        ticket: u64,
+        result: Result<Vec<CompiledBinding>, CompileError>,
+    ) {
+        let Some(entry) = self.registry.get_mut(id) else {
+            return;
+        };
+        if entry.awaiting != Some(ticket) {
+            return;
+        }
+        entry.awaiting = None;
+        match result {
+            Ok(bindings) => {
+                // Handled between stream frames: the dispatcher matches this channel only
+                // against changes read after its `Subscribed` was handed to the sink.
+                self.registry
+                    .set_state(id, SubState::Active(Arc::new(bindings)));
+                if let Some(entry) = self.registry.get(id) {
+                    entry.send(FeedEvent::Subscribed);
+                    tracing::debug!(topic = %entry.topic, "postgres_changes subscribed");
+                }
+            }
+            Err(e) if e.fatal => {
+                tracing::info!(topic = %entry.topic, error = %e.message, "postgres_changes subscription refused");
+                entry.send(FeedEvent::Error(e.message));
+                self.registry.set_state(id, SubState::Failed);
+            }
+            Err(e) => {
+                tracing::warn!(topic = %entry.topic, error = %e.message, "postgres_changes subscription failed; retrying");
+                entry.send(FeedEvent::Error(e.message));
+                if !matches!(entry.state, SubState::Pending) {
+                    return;
+                }
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                entry.awaiting = Some(ticket);
+                // upstream retries after a random 5-10 s
+                let delay = Duration::from_millis(5000 + rand::random::<u64>() % 5000);
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = commands.send(Command::RetryDue { id, ticket });
+                });
+            }
+        }
+    }
+
+    /// A session is connected: compile every subscription that is not failed through its
+    /// activator.
+    pub(crate) fn up(&mut self, activator: mpsc::UnboundedSender<Job>) {
+        self.phase = Phase::Up(activator);
+        for id in self.registry.retryable() {
+            self.activate(id);
+        }
+    }
+
+    /// The session failed with `error`. The first failure of an outage tells every live or
+    /// waiting subscription; they wait for the next session.
+    pub(crate) fn down(&mut self, error: String) {
+        let was_down = matches!(self.phase, Phase::Down);
+        self.phase = Phase::Down;
+        self.streaming = false;
+        self.reconnects += 1;
+        if !was_down {
+            tracing::warn!(error = %error, "postgres_changes: database connection lost; reconnecting");
+            for id in self.registry.retryable() {
+                self.registry.set_state(id, SubState::Pending);
+                if let Some(e) = self.registry.get(id) {
+                    e.send(FeedEvent::Error(DB_UNAVAILABLE.to_string()));
+                }
+            }
+        } else {
+            tracing::debug!(error = %error, "postgres_changes: still unreachable");
+        }
+        for e in self.registry.entries_mut() {
+            e.awaiting = None;
+        }
+        self.last_error = Some(error);
+    }
+
+    fn status(&self) -> Value {
+        let phase = match &self.phase {
+            Phase::Starting => "starting",
+            Phase::Up(_) if self.streaming => "streaming",
+            // cluster mode: another node holds the slot's lease
+            Phase::Up(_) if self.gated => "standby",
+            Phase::Up(_) => "connected",
+            Phase::Down => "down",
+        };
+        json!({
+            "enabled": true,
+            "state": phase,
+            "slot": self.slot,
+            "publication": self.publication,
+            "confirmed_lsn": format_lsn(self.confirmed_lsn),
+            "last_error": self.last_error,
+            "reconnects": self.reconnects,
+            "changes": self.changes,
+            "deliveries": self.deliveries,
+            "subscriptions": self.registry.len(),
+            "active_subscriptions": self.registry.active_count(),
+        })
+    }
+}
