@@ -15,23 +15,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use super::catalog::TableInfo;
-use super::owner::Command;
+use super::command::{Command, Job};
 use super::subscribe::{self, CompileCtx};
 use super::types::Kind;
-use super::Binding;
-
-/// What the owner asks of the activator.
-pub(crate) enum Job {
-    /// Compile `bindings` for `role`; answer with `Command::Compiled { id, ticket, .. }`.
-    Compile {
-        id: u64,
-        ticket: u64,
-        role: String,
-        bindings: Arc<Vec<Binding>>,
-    },
-    /// A relation message changed this table: describe it again on next use.
-    Forget { schema: String, table: String },
-}
 
 /// Start an activator over `client`; it reports to `owner`.
 pub(crate) fn spawn(

@@ -17,11 +17,11 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, TableInfo};
 use super::eval::{self, Row};
+use super::event::{ChangeData, ChangeFrame, ChangePosition, FeedEvent};
 use super::registry::{Claims, Registry};
 use super::rls::{self, Slot};
 use super::subscribe::Action;
 use super::types::{self, Kind};
-use super::{ChangeData, ChangeFrame, FeedEvent};
 use crate::replication::pgoutput::{Datum, Relation};
 
 /// One row change, as decoded.
@@ -180,7 +180,7 @@ pub(crate) struct Prepared {
     roles: HashMap<String, Arc<HashSet<String>>>,
     matched: Vec<Matched>,
     /// Where the change stands in the stream (set by the feed).
-    pub(crate) position: super::ChangePosition,
+    pub(crate) position: ChangePosition,
 }
 
 /// Match one change against the subscriptions. `None` when no channel wants it. RLS checks it

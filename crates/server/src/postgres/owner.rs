@@ -19,41 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::activate::Job;
+use super::command::{Command, Job};
+use super::event::{Binding, FeedEvent, Sink, DB_UNAVAILABLE};
 use super::registry::{Claims, Registry, SubEntry, SubState};
 use super::subscribe::{CompileError, CompiledBinding};
-use super::{Binding, FeedEvent, Sink, DB_UNAVAILABLE};
 use crate::metrics::Metrics;
 use crate::replication::format_lsn;
-
-/// What the owner task is asked to do.
-pub(crate) enum Command {
-    /// A channel subscribes (its id chosen by the caller, so an `Unsubscribe` can follow
-    /// without waiting).
-    Subscribe {
-        id: u64,
-        topic: String,
-        claims: Value,
-        bindings: Vec<Binding>,
-        sink: Sink,
-    },
-    /// The channel left (its [`super::Subscription`] was dropped).
-    Unsubscribe { id: u64 },
-    /// The channel swapped its access token: these claims from now on.
-    Claims { id: u64, claims: Value },
-    /// The activator compiled a subscription (or failed to).
-    Compiled {
-        id: u64,
-        ticket: u64,
-        result: Result<Vec<CompiledBinding>, CompileError>,
-    },
-    /// A failed compilation may be tried again.
-    RetryDue { id: u64, ticket: u64 },
-    /// Health asks where the feed stands.
-    Status { reply: oneshot::Sender<Value> },
-}
 
 /// Where the database session stands.
 enum Phase {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::event::{Binding, FeedEvent, Sink};
 use super::subscribe::CompiledBinding;
-use super::{Binding, FeedEvent, Sink};
 
 /// The JWT claims a channel uses for row-level security.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
