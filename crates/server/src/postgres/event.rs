@@ -33,7 +33,7 @@ pub enum FeedEvent {
 /// channel of that topic that gets the same change with the same ids: it goes through the
 /// fan-out's encode-once cell, so it is serialized once per serializer, not once per channel.
 #[derive(Debug, Clone)]
-pub struct ChangeFrame(Arc<Encoded>, ChangePosition);
+pub struct ChangeFrame(Arc<Encoded>, ChangePosition, u32);
 
 /// Where a change stands in the slot's stream: the commit LSN of its transaction and its
 /// ordinal among the transaction's changes. The same on every reader of the WAL, and
@@ -44,6 +44,7 @@ pub(crate) type ChangePosition = (u64, u32);
 impl ChangeFrame {
     /// A message made elsewhere (another cluster node's reader): `payload` is its JSON text.
     pub(crate) fn from_raw(wire_topic: String, payload: String, at: ChangePosition) -> Self {
+        let ids = ids_in(&payload);
         ChangeFrame(
             Arc::new(Encoded::new(Body::Raw {
                 topic: wire_topic,
@@ -51,7 +52,14 @@ impl ChangeFrame {
                 payload,
             })),
             at,
+            ids,
         )
+    }
+
+    /// How many binding ids the message carries: what upstream counts against the
+    /// database-events limit (one per subscription id a change goes to).
+    pub(crate) fn ids(&self) -> u32 {
+        self.2
     }
 
     /// The wire topic and JSON text of the payload.
@@ -87,6 +95,7 @@ impl ChangeFrame {
                 payload,
             })),
             at,
+            ids.len() as u32,
         )
     }
 
@@ -105,6 +114,16 @@ impl ChangeFrame {
             _ => Value::Null,
         }
     }
+}
+
+/// The length of the `ids` array that ends a message made by [`ChangeFrame::new`] (at least 1:
+/// a message always goes to some binding).
+fn ids_in(payload: &str) -> u32 {
+    let Some(start) = payload.rfind("\"ids\":[") else {
+        return 1;
+    };
+    let list = payload[start + 7..].split(']').next().unwrap_or("");
+    (list.split(',').filter(|id| !id.trim().is_empty()).count() as u32).max(1)
 }
 
 /// A change's `data` object, shared by every channel it goes to, with its JSON text made on
@@ -153,3 +172,24 @@ pub struct SubscribeRequest {
 /// What channels are told when the database cannot be reached (upstream's text for a tenant
 /// database it cannot connect to).
 pub(crate) const DB_UNAVAILABLE: &str = "Realtime was unable to connect to the project database";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_counted_in_raw_messages() {
+        let data = ChangeData::new(serde_json::json!({"record": {"ids": [9, 9, 9]}}));
+        let made = ChangeFrame::new("t", &[4, 7], &data, (1, 1));
+        let (topic, payload) = made
+            .raw()
+            .map(|(t, p)| (t.to_owned(), p.to_owned()))
+            .unwrap_or_default();
+        let again = ChangeFrame::from_raw(topic, payload, (1, 1));
+        assert_eq!((made.ids(), again.ids()), (2, 2));
+        assert_eq!(
+            ChangeFrame::from_raw("realtime:t".into(), "{}".into(), (0, 0)).ids(),
+            1
+        );
+    }
+}
