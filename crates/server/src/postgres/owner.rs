@@ -284,3 +284,184 @@ impl Core {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    /// A core, the commands it sends itself, and a sink recording what one channel is told.
+    fn core() -> (Core, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = Core::new(Arc::new(Metrics::new()), tx, "s".into(), "p".into(), false);
+        (core, rx)
+    }
+
+    fn recorder() -> (Sink, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let sink: Sink = Arc::new(move |ev: FeedEvent| {
+            log.lock().push(match ev {
+                FeedEvent::Subscribed => "subscribed".to_string(),
+                FeedEvent::Error(m) => format!("error: {m}"),
+                FeedEvent::Change(_) => "change".to_string(),
+            })
+        });
+        (sink, seen)
+    }
+
+    fn subscribe(core: &mut Core, id: u64, role: &str, sink: Sink) {
+        core.handle(Command::Subscribe {
+            id,
+            topic: format!("t{id}"),
+            claims: json!({"role": role}),
+            bindings: vec![],
+            sink,
+        });
+    }
+
+    /// The next compile job: (id, ticket, role).
+    fn job(jobs: &mut mpsc::UnboundedReceiver<Job>) -> Option<(u64, u64, String)> {
+        match jobs.try_recv().ok()? {
+            Job::Compile {
+                id, ticket, role, ..
+            } => Some((id, ticket, role)),
+            Job::Forget { .. } => None,
+        }
+    }
+
+    fn compiled(core: &mut Core, id: u64, ticket: u64, fatal: Option<bool>) {
+        let result = match fatal {
+            None => Ok(vec![]),
+            Some(fatal) => Err(CompileError {
+                message: "nope".into(),
+                fatal,
+            }),
+        };
+        core.handle(Command::Compiled { id, ticket, result });
+    }
+
+    #[test]
+    fn waits_for_a_session_then_subscribes_once() {
+        let (mut core, _rx) = core();
+        let (sink, seen) = recorder();
+        subscribe(&mut core, 1, "anon", sink);
+        assert!(
+            seen.lock().is_empty(),
+            "starting: the channel waits silently"
+        );
+        let (tx, mut jobs) = mpsc::unbounded_channel();
+        core.up(tx);
+        let (id, ticket, role) = job(&mut jobs).unwrap();
+        assert_eq!((id, role.as_str()), (1, "anon"));
+        compiled(&mut core, id, ticket, None);
+        // the same answer again (a duplicate) changes nothing
+        compiled(&mut core, id, ticket, None);
+        assert_eq!(*seen.lock(), ["subscribed"]);
+        assert_eq!(core.registry.active_count(), 1);
+    }
+
+    #[test]
+    fn an_answer_for_old_claims_is_ignored() {
+        let (mut core, _rx) = core();
+        let (tx, mut jobs) = mpsc::unbounded_channel();
+        core.up(tx);
+        let (sink, seen) = recorder();
+        subscribe(&mut core, 1, "anon", sink);
+        let (_, old, _) = job(&mut jobs).unwrap();
+        core.handle(Command::Claims {
+            id: 1,
+            claims: json!({"role": "authenticated"}),
+        });
+        let (_, new, role) = job(&mut jobs).unwrap();
+        assert_eq!(role, "authenticated");
+        compiled(&mut core, 1, old, None);
+        assert!(seen.lock().is_empty(), "compiled for the old claims");
+        compiled(&mut core, 1, new, None);
+        assert_eq!(*seen.lock(), ["subscribed"]);
+        // the same claims again: nothing to do
+        core.handle(Command::Claims {
+            id: 1,
+            claims: json!({"role": "authenticated"}),
+        });
+        assert!(job(&mut jobs).is_none());
+    }
+
+    #[test]
+    fn nothing_reaches_a_channel_that_left() {
+        let (mut core, _rx) = core();
+        let (tx, mut jobs) = mpsc::unbounded_channel();
+        core.up(tx);
+        let (sink, seen) = recorder();
+        subscribe(&mut core, 1, "anon", sink);
+        let (_, ticket, _) = job(&mut jobs).unwrap();
+        core.handle(Command::Unsubscribe { id: 1 });
+        compiled(&mut core, 1, ticket, None);
+        assert!(seen.lock().is_empty());
+        assert_eq!(core.registry.len(), 0);
+        assert!(core
+            .metrics
+            .render()
+            .contains("realtime_postgres_changes_subscriptions 0"));
+    }
+
+    #[test]
+    fn an_outage_is_told_once_and_answers_of_the_old_session_are_ignored() {
+        let (mut core, _rx) = core();
+        let (tx, mut jobs) = mpsc::unbounded_channel();
+        core.up(tx);
+        let (sink, seen) = recorder();
+        subscribe(&mut core, 1, "anon", sink);
+        let (_, ticket, _) = job(&mut jobs).unwrap();
+        core.down("gone".into());
+        core.down("still gone".into());
+        compiled(&mut core, 1, ticket, None);
+        assert_eq!(*seen.lock(), [format!("error: {DB_UNAVAILABLE}")]);
+        // subscribing while down is told at once
+        let (sink2, seen2) = recorder();
+        subscribe(&mut core, 2, "anon", sink2);
+        assert_eq!(*seen2.lock(), [format!("error: {DB_UNAVAILABLE}")]);
+        // the next session compiles both
+        let (tx, mut jobs) = mpsc::unbounded_channel();
+        core.up(tx);
+        let mut ids = vec![job(&mut jobs).unwrap().0, job(&mut jobs).unwrap().0];
+        ids.sort();
+        assert_eq!(ids, [1, 2]);
+    }
+
+    // a runtime for the retry timer it arms (it fires in 5-10 s; the test sends its command)
+    #[tokio::test]
+    async fn refused_for_good_or_retried_when_due() {
+        let (mut core, _rx) = core();
+        let (tx, mut jobs) = mpsc::unbounded_channel();
+        core.up(tx.clone());
+        let (sink, seen) = recorder();
+        subscribe(&mut core, 1, "anon", sink);
+        let (_, ticket, _) = job(&mut jobs).unwrap();
+        compiled(&mut core, 1, ticket, Some(true));
+        assert_eq!(*seen.lock(), ["error: nope"]);
+        // failed for good: a new session does not try again
+        core.up(tx.clone());
+        assert!(job(&mut jobs).is_none());
+
+        let (sink, seen) = recorder();
+        subscribe(&mut core, 2, "anon", sink);
+        let (_, ticket, _) = job(&mut jobs).unwrap();
+        compiled(&mut core, 2, ticket, Some(false));
+        assert_eq!(*seen.lock(), ["error: nope"]);
+        let retry = core.registry.get(2).and_then(|e| e.awaiting).unwrap();
+        // a retry timer of another ticket is not this one
+        core.handle(Command::RetryDue {
+            id: 2,
+            ticket: retry + 100,
+        });
+        assert!(job(&mut jobs).is_none());
+        core.handle(Command::RetryDue {
+            id: 2,
+            ticket: retry,
+        });
+        let (id, ticket, _) = job(&mut jobs).unwrap();
+        compiled(&mut core, id, ticket, None);
+        assert_eq!(*seen.lock(), ["error: nope", "subscribed"]);
+    }
+}
