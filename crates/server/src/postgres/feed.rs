@@ -273,6 +273,14 @@ impl Session<'_> {
         tracing::info!(slot = %cfg.slot_name, publication = %cfg.publication, "postgres_changes: connected to the database");
         let activator = activate::spawn(sub_client, cfg.publication.clone(), self.commands.clone());
         core.up(activator.clone());
+        // Every subscription is compiled before the stream starts (here or on a standby), so
+        // none misses a change after the position it resumes from.
+        while core.starting() {
+            match inbox.recv().await {
+                Some(command) => core.handle(command),
+                None => return Ok(()),
+            }
+        }
         if *self.first && !created {
             let until = self.started + Duration::from_millis(cfg.resume_grace_ms);
             let now = Instant::now();

@@ -15,6 +15,7 @@
 //! with any other ticket answers a request that no longer matters (claims swapped since,
 //! the session that asked ended, the channel left).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,10 @@ pub(crate) struct Core {
     /// For retry timers, which report back as commands.
     commands: mpsc::UnboundedSender<Command>,
     next_ticket: u64,
+    /// The compilations a new session asked for and not yet answered: the session streams
+    /// only once they are all answered, so no subscription misses what follows the position
+    /// the stream resumes from.
+    startup: HashSet<u64>,
     slot: String,
     publication: String,
     /// Cluster mode: a connected node that does not hold the slot's lease is a standby.
@@ -74,6 +79,7 @@ impl Core {
             metrics,
             commands,
             next_ticket: 1,
+            startup: HashSet::new(),
             slot,
             publication,
             gated,
@@ -184,6 +190,7 @@ impl Core {
         ticket: u64,
         result: Result<Vec<CompiledBinding>, CompileError>,
     ) {
+        self.startup.remove(&ticket);
         let Some(entry) = self.registry.get_mut(id) else {
             return;
         };
@@ -228,12 +235,21 @@ impl Core {
     }
 
     /// A session is connected: compile every subscription that is not failed through its
-    /// activator.
+    /// activator. The session waits for [`Core::starting`] to turn false before it streams.
     pub(crate) fn up(&mut self, activator: mpsc::UnboundedSender<Job>) {
         self.phase = Phase::Up(activator);
+        self.startup.clear();
         for id in self.registry.retryable() {
             self.activate(id);
+            if let Some(ticket) = self.registry.get(id).and_then(|e| e.awaiting) {
+                self.startup.insert(ticket);
+            }
         }
+    }
+
+    /// Whether compilations asked for by [`Core::up`] are still unanswered.
+    pub(crate) fn starting(&self) -> bool {
+        !self.startup.is_empty()
     }
 
     /// The session failed with `error`. The first failure of an outage tells every live or
@@ -257,6 +273,7 @@ impl Core {
         for e in self.registry.entries_mut() {
             e.awaiting = None;
         }
+        self.startup.clear();
         self.last_error = Some(error);
     }
 
@@ -354,7 +371,12 @@ mod tests {
         core.up(tx);
         let (id, ticket, role) = job(&mut jobs).unwrap();
         assert_eq!((id, role.as_str()), (1, "anon"));
+        assert!(
+            core.starting(),
+            "the session waits for the answer before it streams"
+        );
         compiled(&mut core, id, ticket, None);
+        assert!(!core.starting());
         // the same answer again (a duplicate) changes nothing
         compiled(&mut core, id, ticket, None);
         assert_eq!(*seen.lock(), ["subscribed"]);
