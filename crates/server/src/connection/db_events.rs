@@ -81,10 +81,9 @@ impl Gate {
     /// As upstream, a dropped change is not counted: deliveries resume once the average of
     /// what was delivered falls back under the limit.
     fn admit(&self, ids: u32) -> bool {
-        if self.limiter.exceeded() {
+        if !self.limiter.try_add(u64::from(ids)) {
             return false;
         }
-        self.limiter.add(u64::from(ids));
         self.dropping.store(false, Ordering::Release);
         true
     }
