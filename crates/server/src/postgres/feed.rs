@@ -363,7 +363,9 @@ impl Session<'_> {
                     core.deliveries += n as u64;
                     if let Some(end_lsn) = batch.commit_end {
                         if let Some(gate) = self.gate {
-                            gate.flushed().await;
+                            // may take seconds (Redis unreachable): channels keep subscribing
+                            // and leaving meanwhile
+                            serving(core, inbox, gate.flushed()).await;
                         }
                         core.delivered_lsn = core.delivered_lsn.max(end_lsn);
                         // every change up to this commit is in the sinks: confirm now, so a
