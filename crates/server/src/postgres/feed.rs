@@ -349,6 +349,9 @@ impl Session<'_> {
                     return Ok(());
                 }
                 () = lease_lost.cancelled(), if lease.is_some() => return Err(FeedError::SlotLeaseLost),
+                // Commands first: a channel that left before a batch's checks came back gets
+                // nothing of it.
+                Some(command) = inbox.recv() => core.handle(command),
                 Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
                     free.push(checker);
                     let answers = answers?;
@@ -375,7 +378,6 @@ impl Session<'_> {
                         core.metrics.replication_confirmed(Stream::PostgresChanges, stream.confirmed(), batch.commit_ts);
                     }
                 }
-                Some(command) = inbox.recv() => core.handle(command),
                 _ = tick.tick() => {
                     stream.tick().await?;
                     core.confirmed_lsn = stream.confirmed();
