@@ -369,6 +369,13 @@ impl Session<'_> {
                             // may take seconds (Redis unreachable): channels keep subscribing
                             // and leaving meanwhile
                             serving(core, inbox, gate.flushed()).await;
+                            // The lease went meanwhile: what was sent after it carries no
+                            // valid fencing token and may be dropped by the receivers, so
+                            // nothing more is confirmed; the next reader starts from the last
+                            // confirmed position.
+                            if lease_lost.is_cancelled() {
+                                return Err(FeedError::SlotLeaseLost);
+                            }
                         }
                         core.delivered_lsn = core.delivered_lsn.max(end_lsn);
                         // every change up to this commit is in the sinks: confirm now, so a
