@@ -6,9 +6,11 @@
 //! [`super::Subscription`] send these and never wait); the activator reports compilations
 //! (activate.rs); retry timers report that a retry is due; health asks for the status and
 //! gets it back by oneshot. The streaming session (feed.rs) runs in the same task and handles
-//! commands between stream frames, so a change is matched against the registry exactly as
-//! the commands before it left it: a channel sees changes only after its `Subscribed` was
-//! handed to its sink, and nothing after it unsubscribed.
+//! commands between stream frames (before completed batches), so a change is matched and
+//! delivered against the registry exactly as the commands before it left it: a channel sees
+//! changes only after its `Subscribed` was handed to its sink, and none once its
+//! `Unsubscribe` was handled. A new session streams only once every compilation it asked for
+//! ([`Core::up`]) is answered, so no subscription misses what follows the resume position.
 //!
 //! Replies that arrive late are told apart by tickets: every compilation request (and retry
 //! timer) gets a fresh ticket, the subscription records the one it waits for, and a reply
