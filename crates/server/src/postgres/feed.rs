@@ -22,7 +22,9 @@
 //! transactions that end before it are skipped, so nothing is delivered twice even when the
 //! slot's position on disk went backwards (a database restart). After a server restart the
 //! stream starts `resume_grace_ms` after the process start, so channels that rejoin in that
-//! window receive what was committed while the server was down.
+//! window receive what was committed while the server was down. In cluster mode a delivered
+//! batch is confirmed only once the gate has flushed it to the other nodes, and never after
+//! the slot's lease was lost.
 
 use std::collections::HashMap;
 use std::future::Future;
