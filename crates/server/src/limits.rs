@@ -241,16 +241,21 @@ impl RateCounter {
     }
 
     /// Count `n` events unless the limit is already exceeded (then nothing is counted, as
-    /// upstream does not count what it skips); `false` when over. One lock for both steps.
+    /// upstream does not count what it skips); `false` when over. One lock for both steps;
+    /// in cluster mode the check is the cluster's and the count is reported to it.
     pub(crate) fn try_add(&self, n: u64) -> bool {
         let mut b = self.inner.lock();
         Self::rotate(&mut b, Instant::now());
-        if b.total > self.limit() {
+        if self.over(b.total) {
             return false;
         }
         let i = b.current;
         b.counts[i] = b.counts[i].saturating_add(n);
         b.total = b.total.saturating_add(n);
+        drop(b);
+        if let Some(pool) = self.pool.get() {
+            pool.counted(n);
+        }
         true
     }
 
