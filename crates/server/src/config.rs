@@ -75,11 +75,13 @@ pub struct Config {
     #[arg(long, env = "MAX_EVENTS_PER_SECOND", default_value_t = 100)]
     pub max_events_per_second: u64,
 
-    /// postgres_changes deliveries per second, averaged over 60 s, server-wide (upstream's
-    /// database-events limiter). 0, the default, is no limit: over it changes are dropped (each
-    /// channel told with a `system` error, every drop logged), which loses data.
-    #[arg(long, env = "MAX_DB_EVENTS_PER_SECOND", default_value_t = 0)]
-    pub max_db_events_per_second: u64,
+    /// postgres_changes deliveries per second (one per binding id a change is delivered
+    /// with), averaged over 60 s, server-wide: upstream's database-events limiter, whose limit
+    /// is the tenant's events limit. Unset: `max_events_per_second`; 0: no limit. Over it
+    /// changes are not delivered: each channel is told with a `system` error, every drop is
+    /// counted in `/metrics` and logged.
+    #[arg(long, env = "MAX_DB_EVENTS_PER_SECOND")]
+    pub max_db_events_per_second: Option<u64>,
 
     /// Channel joins per second, averaged over 60 s.
     #[arg(long, env = "MAX_JOINS_PER_SECOND", default_value_t = 100)]

@@ -240,6 +240,25 @@ impl RateCounter {
         self.over(local)
     }
 
+    /// Count `n` events unless the limit is already exceeded (then nothing is counted, as
+    /// upstream does not count what it skips); `false` when over. One lock for both steps;
+    /// in cluster mode the check is the cluster's and the count is reported to it.
+    pub(crate) fn try_add(&self, n: u64) -> bool {
+        let mut b = self.inner.lock();
+        Self::rotate(&mut b, Instant::now());
+        if self.over(b.total) {
+            return false;
+        }
+        let i = b.current;
+        b.counts[i] = b.counts[i].saturating_add(n);
+        b.total = b.total.saturating_add(n);
+        drop(b);
+        if let Some(pool) = self.pool.get() {
+            pool.counted(n);
+        }
+        true
+    }
+
     /// Count `n` events and say whether the limit is now exceeded.
     pub(crate) fn add_and_check(&self, n: u64) -> bool {
         self.add_and_check_at(n, Instant::now())
@@ -295,6 +314,16 @@ mod tests {
         let c = RateCounter::new(10);
         assert!(!c.add_and_check(600));
         assert!(c.add_and_check(1));
+    }
+
+    #[test]
+    fn try_add_counts_only_what_it_admits() {
+        let c = RateCounter::new(1);
+        assert!(c.try_add(60));
+        assert!(c.try_add(2), "at the limit, not over it: admitted");
+        assert!(!c.try_add(1));
+        assert!(!c.try_add(1));
+        assert!(c.exceeded());
     }
 
     #[test]

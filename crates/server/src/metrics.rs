@@ -54,6 +54,7 @@ pub(crate) struct Metrics {
     messages_out: Family<Labels, Counter>,
     slow_drops: Counter,
     slow_disconnects: Counter,
+    changes_rate_limited: Counter,
     replication_lag: Family<Labels, FloatGauge>,
     confirmed_lsn: Family<Labels, Gauge>,
     rls_seconds: Histogram,
@@ -174,6 +175,12 @@ impl Metrics {
             "Sockets closed because their queue was full (policy disconnect)",
             slow_disconnects.clone(),
         );
+        let changes_rate_limited = Counter::default();
+        registry.register(
+            "postgres_changes_rate_limited",
+            "postgres_changes deliveries not made because the database-events limit was exceeded (the channel is told)",
+            changes_rate_limited.clone(),
+        );
         let replication_lag = Family::<Labels, FloatGauge>::default();
         registry.register(
             "replication_lag_seconds",
@@ -215,6 +222,7 @@ impl Metrics {
             messages_out,
             slow_drops,
             slow_disconnects,
+            changes_rate_limited,
             replication_lag,
             confirmed_lsn,
             rls_seconds,
@@ -271,6 +279,11 @@ impl Metrics {
 
     pub(crate) fn slow_consumer_drop(&self) {
         self.slow_drops.inc();
+    }
+
+    /// A postgres_changes delivery was not made: the database-events limit was exceeded.
+    pub(crate) fn postgres_change_rate_limited(&self) {
+        self.changes_rate_limited.inc();
     }
 
     pub(crate) fn slow_consumer_disconnect(&self) {

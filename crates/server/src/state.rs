@@ -57,8 +57,13 @@ impl AppState {
             events: Arc::new(RateCounter::new(config.max_events_per_second)),
             joins: Arc::new(RateCounter::new(config.max_joins_per_second)),
             presence_events: Arc::new(RateCounter::new(config.max_presence_events_per_second)),
-            db_events: (config.max_db_events_per_second > 0)
-                .then(|| Arc::new(RateCounter::new(config.max_db_events_per_second))),
+            db_events: Some(
+                config
+                    .max_db_events_per_second
+                    .unwrap_or(config.max_events_per_second),
+            )
+            .filter(|limit| *limit > 0)
+            .map(|limit| Arc::new(RateCounter::new(limit))),
             users: Arc::new(AtomicUsize::new(0)),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),

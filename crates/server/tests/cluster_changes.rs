@@ -192,18 +192,33 @@ async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_5s_pauses_postgres_changes_and_loses_nothing() {
-    let Some(url) = require_db("redis_down_5s_pauses_postgres_changes_and_loses_nothing") else {
+    redis_down_pauses_postgres_changes(Duration::from_secs(5), "clr").await;
+}
+
+/// Longer than a node's subscription lease (6 s): when Redis is back every lease has run
+/// out, and the reader must not stream past the other node's subscribers before it renews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_past_the_subscription_lease_loses_nothing() {
+    redis_down_pauses_postgres_changes(Duration::from_secs(8), "cll").await;
+}
+
+async fn redis_down_pauses_postgres_changes(outage: Duration, tenant: &str) {
+    let name = format!("redis_down_{}s_pauses_postgres_changes", outage.as_secs());
+    let Some(url) = require_db(&name) else {
         return;
     };
-    let Some(mut redis) = require_redis("redis_down_5s_pauses_postgres_changes", true) else {
+    let Some(mut redis) = require_redis(&name, true) else {
         return;
     };
+    let table = format!("pc_{tenant}");
     let c = db(&url).await;
     prepare(
         &c,
-        "clr",
-        "DROP TABLE IF EXISTS pc_clr; CREATE TABLE pc_clr (id int PRIMARY KEY); GRANT SELECT ON pc_clr TO PUBLIC;",
-        &["pc_clr"],
+        tenant,
+        &format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY); GRANT SELECT ON {table} TO PUBLIC;"
+        ),
+        &[table.as_str()],
     )
     .await;
     let redis_url = redis.url();
@@ -214,36 +229,36 @@ async fn redis_down_5s_pauses_postgres_changes_and_loses_nothing() {
         "1500",
     ];
     let nodes = vec![
-        ServerProc::start(Some(&url), "clr", &extra, 0, None).await,
-        ServerProc::start(Some(&url), "clr", &extra, 0, None).await,
+        ServerProc::start(Some(&url), tenant, &extra, 0, None).await,
+        ServerProc::start(Some(&url), tenant, &extra, 0, None).await,
     ];
     let mut socks = Vec::new();
     for n in &nodes {
         let mut ws = Ws::connect(&n.addr).await;
-        ws.join("clr", ANON, json!([{"event": "INSERT", "table": "pc_clr"}]))
+        ws.join(tenant, ANON, json!([{"event": "INSERT", "table": table}]))
             .await;
         ws.subscribed().await;
         socks.push(ws);
     }
     const N: i64 = 300;
     for i in 1..=100 {
-        c.execute("INSERT INTO pc_clr VALUES ($1)", &[&i])
+        c.execute(&format!("INSERT INTO {table} VALUES ($1)"), &[&i])
             .await
             .unwrap();
     }
     redis.stop();
     let stopped = Instant::now();
     for i in 101..=200 {
-        c.execute("INSERT INTO pc_clr VALUES ($1)", &[&i])
+        c.execute(&format!("INSERT INTO {table} VALUES ($1)"), &[&i])
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
+    tokio::time::sleep(outage.saturating_sub(stopped.elapsed())).await;
     redis.start();
     let restarted = Instant::now();
     for i in 201..=N {
-        c.execute("INSERT INTO pc_clr VALUES ($1)", &[&(i as i32)])
+        c.execute(&format!("INSERT INTO {table} VALUES ($1)"), &[&(i as i32)])
             .await
             .unwrap();
     }
@@ -265,11 +280,11 @@ async fn redis_down_5s_pauses_postgres_changes_and_loses_nothing() {
         }
     }
     eprintln!(
-        "Redis down 5 s: all {N} rows on both nodes {:?} after Redis came back; reader now {owner}",
+        "Redis down {outage:?}: all {N} rows on both nodes {:?} after Redis came back; reader now {owner}",
         restarted.elapsed()
     );
     drop(nodes);
-    drop_slot(&c, "slot_clr").await;
+    drop_slot(&c, &format!("slot_{tenant}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

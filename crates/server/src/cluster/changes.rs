@@ -35,6 +35,11 @@ use crate::postgres::{
 const READY_WAIT: Duration = Duration::from_secs(5);
 /// A node's shared subscriptions expire this long after its last rewrite (it died).
 const SUBS_TTL_MS: u64 = 6_000;
+/// After a reconnect to Redis, how long the mirrors of nodes whose lease ran out are kept:
+/// one lease, time enough for every live node to renew its own.
+const RENEW_GRACE: Duration = Duration::from_millis(SUBS_TTL_MS + 1_000);
+/// A round of the mirror loop (every 100 ms) answered this late means Redis stalled.
+const STALL: Duration = Duration::from_secs(1);
 
 /// A change to this node's shared subscriptions.
 #[derive(Debug)]
@@ -378,6 +383,13 @@ async fn mirror_loop(changes: Arc<Changes>, feed: Arc<ChangeFeed>, shutdown: Can
     let mut seen_version: Option<i64> = None;
     let mut last_full = Instant::now();
     let mut mirrors: HashMap<(String, u64), (String, Subscription)> = HashMap::new();
+    // When this loop last (re)connected. Right after an outage the other nodes' leases may
+    // have run out while none of them could reach Redis to renew them; dropping their
+    // mirrors then would let the changes streamed before they renew (within a second of
+    // reconnecting) pass them by. So for one lease after a reconnect mirrors are only
+    // added or replaced, never dropped: a node that is really gone is dropped after it.
+    let mut connected_at = Instant::now();
+    let mut last_answer = Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -385,6 +397,7 @@ async fn mirror_loop(changes: Arc<Changes>, feed: Arc<ChangeFeed>, shutdown: Can
         }
         if conn.is_none() {
             conn = slot.connect(Duration::from_secs(2)).await.ok();
+            connected_at = Instant::now();
         }
         let Some(c) = conn.as_mut() else { continue };
         let version: redis::RedisResult<Option<i64>> = redis::cmd("GET")
@@ -398,6 +411,11 @@ async fn mirror_loop(changes: Arc<Changes>, feed: Arc<ChangeFeed>, shutdown: Can
                 continue;
             }
         };
+        // A Redis that stalled rather than dropped the connection is an outage too.
+        if last_answer.elapsed() > STALL {
+            connected_at = Instant::now();
+        }
+        last_answer = Instant::now();
         if version == seen_version && last_full.elapsed() < Duration::from_secs(2) {
             continue;
         }
@@ -434,7 +452,9 @@ async fn mirror_loop(changes: Arc<Changes>, feed: Arc<ChangeFeed>, shutdown: Can
         }
         seen_version = version;
         last_full = Instant::now();
-        mirrors.retain(|k, _| want.contains_key(k));
+        if connected_at.elapsed() > RENEW_GRACE {
+            mirrors.retain(|k, _| want.contains_key(k));
+        }
         for (k, v) in want {
             if mirrors.get(&k).is_some_and(|(old, _)| *old == v) {
                 continue;

@@ -1,12 +1,18 @@
 //! The database-events limiter: postgres_changes deliveries per second, server-wide.
 //!
-//! Upstream counts every change once per subscription it goes to and, while the average over
-//! 60 s is at or above the tenant's limit, skips changes without telling anyone
-//! ("MessagePerSecondRateLimitReached: Too many postgres changes messages per second" in its
-//! own log only). Dropping changes loses data, so here the limiter is off unless
-//! `MAX_DB_EVENTS_PER_SECOND` is set, and when it drops, the channel is told with a `system`
-//! error the first time (and again after deliveries resumed), and every drop is counted in the
-//! log.
+//! Upstream (`ReplicationPoller`, `Tenants.db_events_per_second_rate`) keeps a tenant-wide
+//! counter apart from the broadcast events counter, with the same limit (the tenant's
+//! `max_events_per_second`, averaged over 60 s): every change read from the slot adds the
+//! number of subscription ids it goes to, and while the average is over the limit the
+//! changes read are skipped, reported only in its own log ("MessagePerSecondRateLimitReached:
+//! Too many postgres changes messages per second") and telemetry. Broadcasts and presence are
+//! not affected, nor is the counter by what was skipped.
+//!
+//! Here the same counter, limit and accounting (one per binding id of each delivery), on by
+//! default with `max_events_per_second` as its limit. What is not delivered is never lost
+//! silently: the channel is told with a `system` error the first time (and again after
+//! deliveries resumed), every drop is counted in `/metrics`
+//! (`realtime_postgres_changes_rate_limited_total`), and drops are logged.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,21 +45,25 @@ impl Connection {
             dropped: AtomicU64::new(0),
         };
         let (outbox, conn, topic) = (self.outbox.clone(), self.id, name.to_owned());
+        let metrics = self.state.metrics.clone();
         Arc::new(move |ev: FeedEvent| {
-            if matches!(ev, FeedEvent::Change { .. }) && !gate.admit() {
-                let n = gate.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if !gate.dropping.swap(true, Ordering::AcqRel) {
-                    outbox.send(notice.clone());
+            if let FeedEvent::Change(change) = &ev {
+                if !gate.admit(change.ids()) {
+                    metrics.postgres_change_rate_limited();
+                    let n = gate.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if !gate.dropping.swap(true, Ordering::AcqRel) && outbox.send(notice.clone()) {
+                        metrics.messages_out("system", 1);
+                    }
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            conn,
+                            topic,
+                            dropped = n,
+                            "MessagePerSecondRateLimitReached: {TOO_MANY_DB_EVENTS}: changes dropped"
+                        );
+                    }
+                    return;
                 }
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        conn,
-                        topic,
-                        dropped = n,
-                        "MessagePerSecondRateLimitReached: {TOO_MANY_DB_EVENTS}: changes dropped"
-                    );
-                }
-                return;
             }
             sink(ev);
         })
@@ -70,11 +80,10 @@ struct Gate {
 impl Gate {
     /// As upstream, a dropped change is not counted: deliveries resume once the average of
     /// what was delivered falls back under the limit.
-    fn admit(&self) -> bool {
-        if self.limiter.exceeded() {
+    fn admit(&self, ids: u32) -> bool {
+        if !self.limiter.try_add(u64::from(ids)) {
             return false;
         }
-        self.limiter.add(1);
         self.dropping.store(false, Ordering::Release);
         true
     }

@@ -78,7 +78,7 @@ async fn health(
     Json(json!({
         "connections": state.connections.load(Ordering::SeqCst),
         "database": database,
-        "postgres_changes": state.database.as_ref().map(|_| state.feed.status()),
+        "postgres_changes": match &state.database { Some(_) => Some(state.feed.status().await), None => None },
         "cluster": state.cluster.as_ref().map(|c| c.status()),
     }))
 }

@@ -17,11 +17,11 @@ use tokio_postgres::Client;
 
 use super::catalog::{self, TableInfo};
 use super::eval::{self, Row};
-use super::registry::{Claims, Registry, SubEntry};
+use super::event::{ChangeData, ChangeFrame, ChangePosition, FeedEvent};
+use super::registry::{Claims, Registry};
 use super::rls::{self, Slot};
 use super::subscribe::Action;
 use super::types::{self, Kind};
-use super::{ChangeData, ChangeFrame, FeedEvent};
 use crate::replication::pgoutput::{Datum, Relation};
 
 /// One row change, as decoded.
@@ -160,10 +160,10 @@ enum Outcome {
     RlsFailed,
 }
 
-/// A channel whose bindings matched: its entry, claims, (binding id, `select`) pairs, and
-/// where its RLS answer will be (`None`: no check needed).
+/// A channel whose bindings matched: its subscription id, claims, (binding id, `select`)
+/// pairs, and where its RLS answer will be (`None`: no check needed).
 struct Matched {
-    entry: Arc<SubEntry>,
+    id: u64,
     claims: Arc<Claims>,
     ids: Vec<(u32, Option<Vec<String>>)>,
     rls: Option<Slot>,
@@ -180,7 +180,7 @@ pub(crate) struct Prepared {
     roles: HashMap<String, Arc<HashSet<String>>>,
     matched: Vec<Matched>,
     /// Where the change stands in the stream (set by the feed).
-    pub(crate) position: super::ChangePosition,
+    pub(crate) position: ChangePosition,
 }
 
 /// Match one change against the subscriptions. `None` when no channel wants it. RLS checks it
@@ -188,7 +188,7 @@ pub(crate) struct Prepared {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn prepare(
     change: &Change<'_>,
-    registry: &parking_lot::RwLock<Registry>,
+    registry: &Registry,
     client: &Client,
     cache: &mut DispatchCache,
     max_record_bytes: usize,
@@ -196,7 +196,7 @@ pub(crate) async fn prepare(
     xid: u32,
 ) -> Result<Option<Prepared>, tokio_postgres::Error> {
     let table = change.table;
-    let candidates = registry.read().candidates(&table.schema, &table.table);
+    let candidates = registry.candidates(&table.schema, &table.table);
     if candidates.is_empty() {
         return Ok(None);
     }
@@ -215,7 +215,7 @@ pub(crate) async fn prepare(
 
     // which channels (and which of their ids) match, before RLS
     let mut matched: Vec<Matched> = Vec::new();
-    for (entry, bindings) in &candidates {
+    for (sub, claims, bindings) in &candidates {
         let mut ids = Vec::new();
         for b in bindings.iter() {
             if b.table.oid != table.oid
@@ -239,10 +239,9 @@ pub(crate) async fn prepare(
             }
         }
         if !ids.is_empty() {
-            let claims = entry.claims.lock().clone();
             matched.push(Matched {
-                entry: entry.clone(),
-                claims,
+                id: *sub,
+                claims: claims.clone(),
                 ids,
                 rls: None,
             });
@@ -344,13 +343,18 @@ fn raw_size(change: &Change<'_>, new: &Option<Typed<'_>>, old: &Option<Typed<'_>
 }
 
 impl Prepared {
-    /// Hand the change to every channel that may see it. Returns the number of deliveries.
-    pub(crate) fn deliver(self, answers: &rls::Answers) -> usize {
+    /// Hand the change to every channel that may see it and is still subscribed (`registry`
+    /// as it is now, after the checks). Returns the number of deliveries.
+    pub(crate) fn deliver(self, answers: &rls::Answers, registry: &Registry) -> usize {
         let mut built: HashMap<Outcome, Arc<ChangeData>> = HashMap::new();
         // one message per (outcome, topic, ids), shared by the channels that get exactly it
         let mut frames: HashMap<(Outcome, &str, Vec<u32>), ChangeFrame> = HashMap::new();
         let mut deliveries = 0;
         for m in &self.matched {
+            // unsubscribed while its checks ran: nothing more goes to that channel
+            let Some(entry) = registry.get(m.id) else {
+                continue;
+            };
             let vis = &self.roles[&m.claims.role];
             let mut outcome_err = role_error(self.action, &self.table, vis);
             if let Some(slot) = m.rls {
@@ -386,12 +390,12 @@ impl Prepared {
                     }
                 };
                 let frame = frames
-                    .entry((outcome, m.entry.topic.as_str(), ids))
+                    .entry((outcome, entry.topic.as_str(), ids))
                     .or_insert_with_key(|(_, topic, ids)| {
                         ChangeFrame::new(topic, ids, &data, self.position)
                     })
                     .clone();
-                m.entry.send(FeedEvent::Change(frame));
+                entry.send(FeedEvent::Change(frame));
                 deliveries += 1;
             }
         }

@@ -1,12 +1,16 @@
-//! The feed's life: connect, set up, (re)activate subscriptions, stream, dispatch, confirm,
-//! and on any failure tell the channels, back off and start over from what was delivered.
+//! The feed's task: connect, set up, stream, dispatch, confirm, and on any failure tell the
+//! channels, back off and start over from what was delivered. It is the owner task of
+//! owner.rs: the registry and the phase live in its [`Core`], and it handles commands
+//! whenever it awaits something (connecting, waiting for the slot's lease, between stream
+//! frames), so subscribing never waits on the database.
 //!
 //! Connections: one replication connection (streaming, through `replication::stream`), one
-//! query connection for subscribe work (catalog, filter casts), one for the feed task itself
-//! (relation reloads, visible columns), and [`CHECKERS`] connections that answer RLS checks.
+//! query connection for the activator (compiling subscriptions, activate.rs), one for this
+//! task (relation reloads, visible columns), and [`CHECKERS`] connections that answer RLS
+//! checks.
 //!
 //! A change from the slot to the sinks: the stream yields a decoded message; `dispatch::prepare`
-//! matches it against the subscriptions and queues its RLS checks in the batch being built; a
+//! matches it against the registry and queues its RLS checks in the batch being built; a
 //! free checker takes the whole batch (one change when idle, everything that arrived
 //! meanwhile when busy: large batches exactly when they pay); batches complete in stream
 //! order (`FuturesOrdered`), and each one's changes are handed to the sinks by
@@ -18,37 +22,38 @@
 //! transactions that end before it are skipped, so nothing is delivered twice even when the
 //! slot's position on disk went backwards (a database restart). After a server restart the
 //! stream starts `resume_grace_ms` after the process start, so channels that rejoin in that
-//! window receive what was committed while the server was down.
+//! window receive what was committed while the server was down. In cluster mode a delivered
+//! batch is confirmed only once the gate has flushed it to the other nodes, and never after
+//! the slot's lease was lost.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use parking_lot::{Mutex, RwLock};
-use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
+use super::activate;
 use super::catalog::{self, TableInfo};
+use super::command::{Command, Job};
+use super::config::PostgresConfig;
 use super::dispatch::{self, Change, DispatchCache, Prepared};
-use super::registry::{Registry, SubEntry, SubState};
+use super::error::FeedError;
+use super::owner::Core;
+use super::registry::Registry;
 use super::rls;
 use super::setup;
-use super::subscribe::{self, Action, CompileCtx};
+use super::subscribe::Action;
 use super::types::Kind;
-use super::{FeedError, FeedEvent, PostgresConfig};
 use crate::metrics::{Metrics, Stream};
 use crate::replication::pgoutput::{self, Message, Relation};
 use crate::replication::stream::{Frame, LogicalStream};
 use crate::replication::{format_lsn, ConnParams, ReplError, ReplicationConnection};
-
-/// What channels are told when the database cannot be reached (upstream's text for a tenant
-/// database it cannot connect to).
-pub(crate) const DB_UNAVAILABLE: &str = "Realtime was unable to connect to the project database";
 
 /// Who may stream the slot (cluster mode: one node of the cluster at a time). Without a gate
 /// the feed streams whenever it is connected.
@@ -64,162 +69,28 @@ pub(crate) trait SlotGate: Send + Sync {
     fn release(&self);
 }
 
-/// Where the feed stands.
-#[derive(Clone)]
-pub(crate) enum Phase {
-    /// First connection attempt in progress: subscriptions wait silently.
-    Starting,
-    /// Connected; subscriptions compile with this client.
-    Up(Arc<Client>),
-    /// Database unreachable: subscriptions are told and wait.
-    Down,
-}
-
-#[derive(Default)]
-pub(crate) struct CompileCaches {
-    kinds: HashMap<u32, Kind>,
-    tables: HashMap<(String, String), Arc<TableInfo>>,
-}
-
-#[derive(Default, Clone)]
-struct StatusInfo {
-    streaming: bool,
-    confirmed_lsn: u64,
-    last_error: Option<String>,
-    reconnects: u64,
-    changes: u64,
-    deliveries: u64,
-}
-
-/// State shared by the feed task and the subscribe calls.
-pub(crate) struct Shared {
+/// What the feed's task is started with.
+pub(crate) struct Feed {
     pub(crate) cfg: PostgresConfig,
-    pub(crate) registry: RwLock<Registry>,
-    pub(crate) next_id: AtomicU64,
-    /// End of the last transaction handed to every sink (0: none yet in this process).
-    delivered_lsn: AtomicU64,
-    pub(crate) phase: Mutex<Phase>,
-    compile: tokio::sync::Mutex<CompileCaches>,
     pub(crate) metrics: Arc<Metrics>,
-    status: Mutex<StatusInfo>,
-    started: Instant,
-    gate: Option<Arc<dyn SlotGate>>,
+    pub(crate) gate: Option<Arc<dyn SlotGate>>,
+    /// A sender of the task's own command channel (for the activator and retry timers).
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) inbox: mpsc::UnboundedReceiver<Command>,
 }
 
-impl Shared {
-    pub(crate) fn new(
-        cfg: PostgresConfig,
-        metrics: Arc<Metrics>,
-        gate: Option<Arc<dyn SlotGate>>,
-    ) -> Arc<Shared> {
-        Arc::new(Shared {
-            cfg,
-            registry: RwLock::new(Registry::default()),
-            next_id: AtomicU64::new(1),
-            delivered_lsn: AtomicU64::new(0),
-            phase: Mutex::new(Phase::Starting),
-            compile: tokio::sync::Mutex::new(CompileCaches::default()),
-            metrics,
-            status: Mutex::new(StatusInfo::default()),
-            started: Instant::now(),
-            gate,
-        })
-    }
-
-    pub(crate) fn status(&self) -> Value {
-        let st = self.status.lock().clone();
-        let phase = match &*self.phase.lock() {
-            Phase::Starting => "starting",
-            Phase::Up(_) if st.streaming => "streaming",
-            // cluster mode: another node holds the slot's lease
-            Phase::Up(_) if self.gate.is_some() => "standby",
-            Phase::Up(_) => "connected",
-            Phase::Down => "down",
-        };
-        let reg = self.registry.read();
-        json!({
-            "enabled": true,
-            "state": phase,
-            "slot": self.cfg.slot_name,
-            "publication": self.cfg.publication,
-            "confirmed_lsn": format_lsn(st.confirmed_lsn),
-            "last_error": st.last_error,
-            "reconnects": st.reconnects,
-            "changes": st.changes,
-            "deliveries": st.deliveries,
-            "subscriptions": reg.len(),
-            "active_subscriptions": reg.active_count(),
-        })
-    }
-}
-
-/// Compile a subscription and make it live (or fail it), for its current claims.
-pub(crate) fn activate(
-    shared: Arc<Shared>,
-    entry: Arc<SubEntry>,
-    client: Arc<Client>,
-) -> futures_util::future::BoxFuture<'static, ()> {
-    Box::pin(activate_inner(shared, entry, client))
-}
-
-async fn activate_inner(shared: Arc<Shared>, entry: Arc<SubEntry>, client: Arc<Client>) {
-    let generation = entry.generation.load(Ordering::Acquire);
-    let claims = entry.claims.lock().clone();
-    let result = {
-        let mut caches = shared.compile.lock().await;
-        let caches = &mut *caches;
-        let mut ctx = CompileCtx {
-            client: &client,
-            publication: &shared.cfg.publication,
-            kinds: &mut caches.kinds,
-            tables: &mut caches.tables,
-        };
-        subscribe::compile(&mut ctx, &claims.role, &entry.bindings).await
-    };
-    let stale = move |entry: &SubEntry| {
-        !entry.alive.load(Ordering::Acquire)
-            || entry.generation.load(Ordering::Acquire) != generation
-    };
-    match result {
-        Ok(bindings) => {
-            // Under the write lock: the change dispatcher either has not seen this channel yet
-            // or sees it only after `Subscribed` was handed to the sink.
-            let mut reg = shared.registry.write();
-            if stale(&entry) {
-                return;
-            }
-            reg.set_state(entry.id, SubState::Active(Arc::new(bindings)));
-            entry.send(FeedEvent::Subscribed);
-            tracing::debug!(topic = %entry.topic, "postgres_changes subscribed");
-        }
-        Err(e) if e.fatal => {
-            if stale(&entry) {
-                return;
-            }
-            shared
-                .registry
-                .write()
-                .set_state(entry.id, SubState::Failed);
-            tracing::info!(topic = %entry.topic, error = %e.message, "postgres_changes subscription refused");
-            entry.send(FeedEvent::Error(e.message));
-        }
-        Err(e) => {
-            if stale(&entry) {
-                return;
-            }
-            tracing::warn!(topic = %entry.topic, error = %e.message, "postgres_changes subscription failed; retrying");
-            entry.send(FeedEvent::Error(e.message));
-            // upstream retries after a random 5-10 s
-            let delay = Duration::from_millis(5000 + rand::random::<u64>() % 5000);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let phase = shared.phase.lock().clone();
-                if let Phase::Up(client) = phase {
-                    if !stale(&entry) && matches!(*entry.state.lock(), SubState::Pending) {
-                        activate(shared.clone(), entry.clone(), client).await;
-                    }
-                }
-            });
+/// Await `work` while handling the commands that arrive meanwhile.
+async fn serving<T>(
+    core: &mut Core,
+    inbox: &mut mpsc::UnboundedReceiver<Command>,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            Some(command) = inbox.recv() => core.handle(command),
         }
     }
 }
@@ -246,13 +117,37 @@ async fn connect(cfg: &tokio_postgres::Config) -> Result<Arc<Client>, FeedError>
 }
 
 /// The background task.
-pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn run(feed: Feed, shutdown: CancellationToken) {
+    let Feed {
+        cfg,
+        metrics,
+        gate,
+        commands,
+        mut inbox,
+    } = feed;
+    let mut core = Core::new(
+        metrics,
+        commands.clone(),
+        cfg.slot_name.clone(),
+        cfg.publication.clone(),
+        gate.is_some(),
+    );
+    let started = Instant::now();
     let mut attempt: u32 = 0;
     let mut first = true;
     loop {
         let mut reached_stream = false;
+        let mut session = Session {
+            cfg: &cfg,
+            gate: gate.as_ref(),
+            commands: &commands,
+            shutdown: &shutdown,
+            started,
+            first: &mut first,
+            reached_stream: &mut reached_stream,
+        };
         let result = tokio::select! {
-            r = session(&shared, &shutdown, &mut first, &mut reached_stream) => r,
+            r = session.run(&mut core, &mut inbox) => r,
             () = shutdown.cancelled() => Ok(()),
         };
         if shutdown.is_cancelled() {
@@ -262,10 +157,10 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         if let Err(FeedError::SlotLeaseLost) = result {
             // Not a database fault: the channels are not told; the session waits for the
             // lease again with its subscriptions as they are.
-            shared.status.lock().streaming = false;
+            core.streaming = false;
             continue;
         }
-        if let Some(gate) = &shared.gate {
+        if let Some(gate) = &gate {
             gate.release();
         }
         let err = match result {
@@ -276,41 +171,27 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             attempt = 0;
         }
         attempt = attempt.saturating_add(1);
-        let was_down = matches!(*shared.phase.lock(), Phase::Down);
-        *shared.phase.lock() = Phase::Down;
-        {
-            let mut st = shared.status.lock();
-            st.streaming = false;
-            st.last_error = Some(err.clone());
-            st.reconnects += 1;
-        }
-        if !was_down {
-            tracing::warn!(error = %err, "postgres_changes: database connection lost; reconnecting");
-            // every live or waiting subscription is told, once per outage
-            let entries = shared.registry.read().retryable();
-            for e in entries {
-                shared.registry.write().set_state(e.id, SubState::Pending);
-                e.send(FeedEvent::Error(DB_UNAVAILABLE.to_string()));
-            }
-        } else {
-            tracing::debug!(error = %err, attempt, "postgres_changes: still unreachable");
-        }
+        core.down(err);
         let base = 250u64.saturating_mul(1 << attempt.min(5)).min(5000);
         let delay = Duration::from_millis(base + rand::random::<u64>() % 250);
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = serving(&mut core, &mut inbox, tokio::time::sleep(delay)) => {}
             () = shutdown.cancelled() => return,
         }
     }
 }
 
-async fn session(
-    shared: &Arc<Shared>,
-    shutdown: &CancellationToken,
-    first: &mut bool,
-    reached_stream: &mut bool,
-) -> Result<(), FeedError> {
-    let cfg = &shared.cfg;
+/// The connections of one session, before streaming.
+struct Opened {
+    params: ConnParams,
+    sub_client: Arc<Client>,
+    client: Arc<Client>,
+    checkers: Vec<rls::Checker>,
+    repl: ReplicationConnection,
+    created: bool,
+}
+
+async fn open(cfg: &PostgresConfig) -> Result<Opened, FeedError> {
     let sub_cfg = pg_config(&cfg.database_url, "supa_realtime_subscribe")?;
     let feed_cfg = pg_config(&cfg.database_url, "supa_realtime_rls")?;
     let params = ConnParams::from_config(&sub_cfg)?;
@@ -323,201 +204,261 @@ async fn session(
     check_cfg.options(format!(
         "{CONN_OPTIONS} -c plan_cache_mode=force_generic_plan"
     ));
-    let mut free = Vec::with_capacity(CHECKERS);
+    let mut checkers = Vec::with_capacity(CHECKERS);
     for _ in 0..CHECKERS {
-        free.push(rls::Checker::new(connect(&check_cfg).await?));
+        checkers.push(rls::Checker::new(connect(&check_cfg).await?));
     }
     setup::prepare(&client, &cfg.publication).await?;
     let mut repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
     let created = setup::ensure_slot(&client, &mut repl, &cfg.slot_name).await?;
-    tracing::info!(slot = %cfg.slot_name, publication = %cfg.publication, "postgres_changes: connected to the database");
+    Ok(Opened {
+        params,
+        sub_client,
+        client,
+        checkers,
+        repl,
+        created,
+    })
+}
 
-    *shared.phase.lock() = Phase::Up(sub_client.clone());
-    shared.compile.lock().await.tables.clear();
-    let entries = shared.registry.read().retryable();
-    for e in entries {
-        activate(shared.clone(), e, sub_client.clone()).await;
-    }
-    if *first && !created {
-        let until = shared.started + Duration::from_millis(cfg.resume_grace_ms);
-        let now = Instant::now();
-        if until > now {
-            tracing::info!(
-                ms = (until - now).as_millis() as u64,
-                "postgres_changes: waiting for channels to rejoin before resuming the slot"
-            );
-            tokio::select! {
-                () = tokio::time::sleep(until - now) => {}
-                () = shutdown.cancelled() => return Ok(()),
-            }
-        }
-    }
-    *first = false;
-    // Cluster mode: only the lease holder streams; the others keep their subscriptions
-    // compiled and wait here, ready to take over from the slot's confirmed position.
-    let lease = match &shared.gate {
-        Some(gate) => Some(tokio::select! {
-            lost = gate.acquire() => lost,
-            () = shutdown.cancelled() => return Ok(()),
-        }),
-        None => None,
-    };
-    let lease_lost = lease.clone().unwrap_or_default();
-
-    // START_REPLICATION from what was delivered, not from the slot's position: the slot's
-    // confirmed position is only written to disk at checkpoints, so after a database restart
-    // it can be behind what the database was told (PostgreSQL then re-sends seconds of
-    // transactions). Asking for a later position makes it skip the transactions that
-    // committed before it; those it re-sends anyway are skipped below (Begin).
-    let resume_from = shared.delivered_lsn.load(Ordering::Acquire);
-    // START_REPLICATION; a slot still held by a dead predecessor's walsender is released
+/// START_REPLICATION from `resume_from`; a slot still held by a dead predecessor's
+/// walsender is released.
+async fn start_stream(
+    cfg: &PostgresConfig,
+    client: &Client,
+    params: &ConnParams,
+    mut repl: ReplicationConnection,
+    resume_from: u64,
+) -> Result<LogicalStream, FeedError> {
     let mut tries = 0;
-    let mut stream = loop {
+    loop {
         match LogicalStream::start(repl, &cfg.slot_name, resume_from, &cfg.publication).await {
-            Ok(stream) => break stream,
+            Ok(stream) => return Ok(stream),
             Err((_, ReplError::Server { code, message })) if code == "55006" && tries < 3 => {
                 tries += 1;
                 tracing::warn!(%message, "replication slot in use; terminating the holder");
-                setup::release_slot(&client, &cfg.slot_name).await?;
+                setup::release_slot(client, &cfg.slot_name).await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                repl = ReplicationConnection::connect(&params, Duration::from_secs(10)).await?;
+                repl = ReplicationConnection::connect(params, Duration::from_secs(10)).await?;
             }
             Err((_, e)) => return Err(e.into()),
         }
-    };
-    *reached_stream = true;
-    shared.status.lock().streaming = true;
-    tracing::info!(slot = %cfg.slot_name, "postgres_changes: streaming");
+    }
+}
 
-    let mut relations: HashMap<u32, (Relation, Option<Arc<TableInfo>>)> = HashMap::new();
-    let mut cache = DispatchCache::default();
-    let mut kinds: HashMap<u32, Kind> = HashMap::new();
-    let mut in_txn = false;
-    let mut skipping = false;
-    let mut commit_ts: i64 = 0;
-    let mut xid: u32 = 0;
-    // the change's position: its transaction's commit LSN and its ordinal in it
-    let mut position: (u64, u32) = (0, 0);
-    let mut building = Batch::default();
-    let mut inflight: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last_cache_clear = Instant::now();
-    loop {
-        // A free checker takes what has accumulated: one change when idle (no added latency),
-        // everything that arrived meanwhile when busy (bigger batches under load).
-        if !building.is_empty() {
-            if let Some(checker) = free.pop() {
-                let batch = std::mem::take(&mut building);
-                inflight.push_back(Box::pin(check(checker, batch)));
+/// One database session: what it needs from the task, borrowed.
+struct Session<'a> {
+    cfg: &'a PostgresConfig,
+    gate: Option<&'a Arc<dyn SlotGate>>,
+    commands: &'a mpsc::UnboundedSender<Command>,
+    shutdown: &'a CancellationToken,
+    started: Instant,
+    first: &'a mut bool,
+    reached_stream: &'a mut bool,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        core: &mut Core,
+        inbox: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), FeedError> {
+        let cfg = self.cfg;
+        let Opened {
+            params,
+            sub_client,
+            client,
+            checkers: mut free,
+            repl,
+            created,
+        } = serving(core, inbox, open(cfg)).await?;
+        tracing::info!(slot = %cfg.slot_name, publication = %cfg.publication, "postgres_changes: connected to the database");
+        let activator = activate::spawn(sub_client, cfg.publication.clone(), self.commands.clone());
+        core.up(activator.clone());
+        // Every subscription is compiled before the stream starts (here or on a standby), so
+        // none misses a change after the position it resumes from.
+        while core.starting() {
+            match inbox.recv().await {
+                Some(command) => core.handle(command),
+                None => return Ok(()),
             }
         }
-        let can_read = building.items.len() < MAX_BATCH;
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                let _ = stream.tick().await;
-                return Ok(());
+        if *self.first && !created {
+            let until = self.started + Duration::from_millis(cfg.resume_grace_ms);
+            let now = Instant::now();
+            if until > now {
+                tracing::info!(
+                    ms = (until - now).as_millis() as u64,
+                    "postgres_changes: waiting for channels to rejoin before resuming the slot"
+                );
+                serving(core, inbox, tokio::time::sleep(until - now)).await;
             }
-            () = lease_lost.cancelled(), if lease.is_some() => return Err(FeedError::SlotLeaseLost),
-            Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
-                free.push(checker);
-                let answers = answers?;
-                if !batch.checks.is_empty() {
-                    shared.metrics.rls_check(took, batch.checks.checks());
+        }
+        *self.first = false;
+        // Cluster mode: only the lease holder streams; the others keep their subscriptions
+        // compiled and wait here, ready to take over from the slot's confirmed position.
+        let lease = match self.gate {
+            Some(gate) => Some(serving(core, inbox, gate.acquire()).await),
+            None => None,
+        };
+        let lease_lost = lease.clone().unwrap_or_default();
+
+        // START_REPLICATION from what was delivered, not from the slot's position: the slot's
+        // confirmed position is only written to disk at checkpoints, so after a database
+        // restart it can be behind what the database was told (PostgreSQL then re-sends
+        // seconds of transactions). Asking for a later position makes it skip the
+        // transactions that committed before it; those it re-sends anyway are skipped below
+        // (Begin).
+        let resume_from = core.delivered_lsn;
+        let mut stream = serving(
+            core,
+            inbox,
+            start_stream(cfg, &client, &params, repl, resume_from),
+        )
+        .await?;
+        *self.reached_stream = true;
+        core.streaming = true;
+        tracing::info!(slot = %cfg.slot_name, "postgres_changes: streaming");
+
+        let mut relations: HashMap<u32, (Relation, Option<Arc<TableInfo>>)> = HashMap::new();
+        let mut cache = DispatchCache::default();
+        let mut kinds: HashMap<u32, Kind> = HashMap::new();
+        let mut in_txn = false;
+        let mut skipping = false;
+        let mut commit_ts: i64 = 0;
+        let mut xid: u32 = 0;
+        // the change's position: its transaction's commit LSN and its ordinal in it
+        let mut position: (u64, u32) = (0, 0);
+        let mut building = Batch::default();
+        let mut inflight: FuturesOrdered<BoxFuture<'static, Checked>> = FuturesOrdered::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last_cache_clear = Instant::now();
+        let max_record_bytes = cfg.max_record_bytes;
+        loop {
+            // A free checker takes what has accumulated: one change when idle (no added
+            // latency), everything that arrived meanwhile when busy (bigger batches under load).
+            if !building.is_empty() {
+                if let Some(checker) = free.pop() {
+                    let batch = std::mem::take(&mut building);
+                    inflight.push_back(Box::pin(check(checker, batch)));
                 }
-                let mut n = 0;
-                let changes = batch.items.len() as u64;
-                for item in batch.items {
-                    n += item.deliver(&answers);
+            }
+            let can_read = building.items.len() < MAX_BATCH;
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    let _ = stream.tick().await;
+                    return Ok(());
                 }
-                {
-                    let mut st = shared.status.lock();
-                    st.changes += changes;
-                    st.deliveries += n as u64;
-                }
-                if let Some(end_lsn) = batch.commit_end {
-                    if let Some(gate) = &shared.gate {
-                        gate.flushed().await;
+                () = lease_lost.cancelled(), if lease.is_some() => return Err(FeedError::SlotLeaseLost),
+                // Commands first: a channel that left before a batch's checks came back gets
+                // nothing of it.
+                Some(command) = inbox.recv() => core.handle(command),
+                Some((checker, batch, answers, took)) = inflight.next(), if !inflight.is_empty() => {
+                    free.push(checker);
+                    let answers = answers?;
+                    if !batch.checks.is_empty() {
+                        core.metrics.rls_check(took, batch.checks.checks());
                     }
-                    shared.delivered_lsn.fetch_max(end_lsn, Ordering::AcqRel);
-                    // every change up to this commit is in the sinks: confirm now, so a crash
-                    // right after does not replay it
-                    stream.confirm(end_lsn).await?;
-                    shared.status.lock().confirmed_lsn = stream.confirmed();
-                    shared.metrics.replication_confirmed(Stream::PostgresChanges, stream.confirmed(), batch.commit_ts);
-                }
-            }
-            _ = tick.tick() => {
-                stream.tick().await?;
-                shared.status.lock().confirmed_lsn = stream.confirmed();
-                if last_cache_clear.elapsed() > Duration::from_secs(10) {
-                    // column grants can change without a relation message
-                    cache.visible.clear();
-                    last_cache_clear = Instant::now();
-                }
-            }
-            frame = stream.next(), if can_read => {
-                match frame? {
-                    Frame::Keepalive { wal_end, reply } => {
-                        // nothing open or queued: everything before the WAL end is handled
-                        let idle = !in_txn && building.is_empty() && inflight.is_empty();
-                        stream.idle(wal_end, reply, idle).await?;
-                        if idle {
-                            shared.delivered_lsn.fetch_max(stream.handled(), Ordering::AcqRel);
+                    let mut n = 0;
+                    core.changes += batch.items.len() as u64;
+                    for item in batch.items {
+                        n += item.deliver(&answers, &core.registry);
+                    }
+                    core.deliveries += n as u64;
+                    if let Some(end_lsn) = batch.commit_end {
+                        if let Some(gate) = self.gate {
+                            // may take seconds (Redis unreachable): channels keep subscribing
+                            // and leaving meanwhile
+                            serving(core, inbox, gate.flushed()).await;
+                            // The lease went meanwhile: what was sent after it carries no
+                            // valid fencing token and may be dropped by the receivers, so
+                            // nothing more is confirmed; the next reader starts from the last
+                            // confirmed position.
+                            if lease_lost.is_cancelled() {
+                                return Err(FeedError::SlotLeaseLost);
+                            }
                         }
+                        core.delivered_lsn = core.delivered_lsn.max(end_lsn);
+                        // every change up to this commit is in the sinks: confirm now, so a
+                        // crash right after does not replay it
+                        stream.confirm(end_lsn).await?;
+                        core.confirmed_lsn = stream.confirmed();
+                        core.metrics.replication_confirmed(Stream::PostgresChanges, stream.confirmed(), batch.commit_ts);
                     }
-                    Frame::Undecodable(e) => return Err(e.into()),
-                    Frame::Message(message) => {
-                        match message {
-                            Message::Begin { commit_ts: ts, xid: x, final_lsn } => {
-                                in_txn = true;
-                                commit_ts = ts;
-                                xid = x;
-                                position = (final_lsn, 0);
-                                // Already delivered before a reconnect (the slot's position on
-                                // disk can lag behind what was confirmed, e.g. across a database
-                                // restart): not again.
-                                skipping = final_lsn < resume_from;
-                                if skipping {
-                                    tracing::debug!(lsn = %format_lsn(final_lsn), "skipping a transaction delivered before the reconnect");
+                }
+                _ = tick.tick() => {
+                    stream.tick().await?;
+                    core.confirmed_lsn = stream.confirmed();
+                    if last_cache_clear.elapsed() > Duration::from_secs(10) {
+                        // column grants can change without a relation message
+                        cache.visible.clear();
+                        last_cache_clear = Instant::now();
+                    }
+                }
+                frame = stream.next(), if can_read => {
+                    match frame? {
+                        Frame::Keepalive { wal_end, reply } => {
+                            // nothing open or queued: everything before the WAL end is handled
+                            let idle = !in_txn && building.is_empty() && inflight.is_empty();
+                            stream.idle(wal_end, reply, idle).await?;
+                            if idle {
+                                core.delivered_lsn = core.delivered_lsn.max(stream.handled());
+                            }
+                        }
+                        Frame::Undecodable(e) => return Err(e.into()),
+                        Frame::Message(message) => {
+                            match message {
+                                Message::Begin { commit_ts: ts, xid: x, final_lsn } => {
+                                    in_txn = true;
+                                    commit_ts = ts;
+                                    xid = x;
+                                    position = (final_lsn, 0);
+                                    // Already delivered before a reconnect (the slot's position
+                                    // on disk can lag behind what was confirmed, e.g. across a
+                                    // database restart): not again.
+                                    skipping = final_lsn < resume_from;
+                                    if skipping {
+                                        tracing::debug!(lsn = %format_lsn(final_lsn), "skipping a transaction delivered before the reconnect");
+                                    }
                                 }
-                            }
-                            Message::Commit { end_lsn, .. } => {
-                                in_txn = false;
-                                if skipping {
-                                    skipping = false;
-                                    continue;
+                                Message::Commit { end_lsn, .. } => {
+                                    in_txn = false;
+                                    if skipping {
+                                        skipping = false;
+                                        continue;
+                                    }
+                                    building.commit_end = Some(end_lsn);
+                                    building.commit_ts = commit_ts;
                                 }
-                                building.commit_end = Some(end_lsn);
-                                building.commit_ts = commit_ts;
-                            }
-                            Message::Relation(rel) => {
-                                let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await?;
-                                if let Some(t) = &info {
-                                    cache.visible.retain(|(_, oid), _| *oid != t.oid);
+                                Message::Relation(rel) => {
+                                    let info = catalog::load_table(&client, &rel.schema, &rel.table, &mut kinds).await?;
+                                    if let Some(t) = &info {
+                                        cache.visible.retain(|(_, oid), _| *oid != t.oid);
+                                    }
+                                    let _ = activator.send(Job::Forget { schema: rel.schema.clone(), table: rel.table.clone() });
+                                    relations.insert(rel.id, (rel, info));
                                 }
-                                shared.compile.lock().await.tables.remove(&(rel.schema.clone(), rel.table.clone()));
-                                relations.insert(rel.id, (rel, info));
+                                _ if skipping => {}
+                                Message::Insert { rel, new } => {
+                                    position.1 += 1;
+                                    let ctx = Ctx { registry: &core.registry, client: &client, relations: &relations, max_record_bytes, commit_ts, xid, position };
+                                    ctx.prepare(&mut cache, &mut building, rel, Action::Insert, Some(&new), None, true).await?;
+                                }
+                                Message::Update { rel, old, new } => {
+                                    position.1 += 1;
+                                    let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
+                                    let ctx = Ctx { registry: &core.registry, client: &client, relations: &relations, max_record_bytes, commit_ts, xid, position };
+                                    ctx.prepare(&mut cache, &mut building, rel, Action::Update, Some(&new), old.as_deref(), key_only).await?;
+                                }
+                                Message::Delete { rel, old } => {
+                                    position.1 += 1;
+                                    let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
+                                    let ctx = Ctx { registry: &core.registry, client: &client, relations: &relations, max_record_bytes, commit_ts, xid, position };
+                                    ctx.prepare(&mut cache, &mut building, rel, Action::Delete, None, Some(&old), key_only).await?;
+                                }
+                                Message::Other => {}
                             }
-                            _ if skipping => {}
-                            Message::Insert { rel, new } => {
-                                position.1 += 1;
-                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid, position };
-                                ctx.prepare(&mut cache, &mut building, rel, Action::Insert, Some(&new), None, true).await?;
-                            }
-                            Message::Update { rel, old, new } => {
-                                position.1 += 1;
-                                let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid, position };
-                                ctx.prepare(&mut cache, &mut building, rel, Action::Update, Some(&new), old.as_deref(), key_only).await?;
-                            }
-                            Message::Delete { rel, old } => {
-                                position.1 += 1;
-                                let key_only = !matches!(relations.get(&rel), Some((r, _)) if r.replica_identity == b'f');
-                                let ctx = Ctx { shared, client: &client, relations: &relations, commit_ts, xid, position };
-                                ctx.prepare(&mut cache, &mut building, rel, Action::Delete, None, Some(&old), key_only).await?;
-                            }
-                            Message::Other => {}
                         }
                     }
                 }
@@ -564,9 +505,10 @@ async fn check(mut checker: rls::Checker, batch: Batch) -> Checked {
 
 /// What preparing a change needs from the session.
 struct Ctx<'a> {
-    shared: &'a Arc<Shared>,
+    registry: &'a Registry,
     client: &'a Client,
     relations: &'a HashMap<u32, (Relation, Option<Arc<TableInfo>>)>,
+    max_record_bytes: usize,
     commit_ts: i64,
     xid: u32,
     position: (u64, u32),
@@ -598,10 +540,10 @@ impl Ctx<'_> {
         };
         let prepared = dispatch::prepare(
             &change,
-            &self.shared.registry,
+            self.registry,
             self.client,
             cache,
-            self.shared.cfg.max_record_bytes,
+            self.max_record_bytes,
             &mut batch.checks,
             self.xid,
         )

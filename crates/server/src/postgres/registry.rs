@@ -1,15 +1,13 @@
 //! The live subscriptions, indexed by (schema, table) so a change only looks at the channels
-//! that bound that table.
+//! that bound that table. Plain data: only the feed's owner task (owner.rs) holds it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::Value;
 
+use super::event::{Binding, FeedEvent, Sink};
 use super::subscribe::CompiledBinding;
-use super::{Binding, FeedEvent, Sink};
 
 /// The JWT claims a channel uses for row-level security.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,71 +47,75 @@ pub(crate) enum SubState {
 
 /// One channel's subscription.
 pub(crate) struct SubEntry {
-    pub(crate) id: u64,
     pub(crate) topic: String,
-    pub(crate) bindings: Vec<Binding>,
+    pub(crate) bindings: Arc<Vec<Binding>>,
     pub(crate) sink: Sink,
-    pub(crate) claims: Mutex<Arc<Claims>>,
-    pub(crate) state: Mutex<SubState>,
-    /// Bumped by every claims change; a compilation for an older generation is dropped.
-    pub(crate) generation: AtomicU64,
-    pub(crate) alive: AtomicBool,
+    pub(crate) claims: Arc<Claims>,
+    pub(crate) state: SubState,
+    /// The ticket of the compilation (or retry timer) this entry waits for: a reply carrying
+    /// another ticket answers a request made for claims or a session that are gone.
+    pub(crate) awaiting: Option<u64>,
 }
 
 impl SubEntry {
     pub(crate) fn send(&self, ev: FeedEvent) {
-        if self.alive.load(Ordering::Acquire) {
-            (self.sink)(ev);
-        }
+        (self.sink)(ev);
     }
 }
 
 /// Subscriptions by id and by table.
 #[derive(Default)]
 pub(crate) struct Registry {
-    subs: HashMap<u64, Arc<SubEntry>>,
+    subs: HashMap<u64, SubEntry>,
     by_table: HashMap<(String, String), HashSet<u64>>,
 }
 
 impl Registry {
-    pub(crate) fn insert(&mut self, e: Arc<SubEntry>) {
-        self.subs.insert(e.id, e);
+    pub(crate) fn insert(&mut self, id: u64, e: SubEntry) {
+        self.subs.insert(id, e);
     }
 
-    pub(crate) fn get(&self, id: u64) -> Option<Arc<SubEntry>> {
-        self.subs.get(&id).cloned()
+    pub(crate) fn get(&self, id: u64) -> Option<&SubEntry> {
+        self.subs.get(&id)
     }
 
-    fn unindex(&mut self, id: u64, state: &SubState) {
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut SubEntry> {
+        self.subs.get_mut(&id)
+    }
+
+    fn unindex(by_table: &mut HashMap<(String, String), HashSet<u64>>, id: u64, state: &SubState) {
         if let SubState::Active(bs) = state {
             for b in bs.iter() {
                 let key = (b.table.schema.clone(), b.table.table.clone());
-                if let Some(set) = self.by_table.get_mut(&key) {
+                if let Some(set) = by_table.get_mut(&key) {
                     set.remove(&id);
                     if set.is_empty() {
-                        self.by_table.remove(&key);
+                        by_table.remove(&key);
                     }
                 }
             }
         }
     }
 
-    pub(crate) fn remove(&mut self, id: u64) {
-        if let Some(e) = self.subs.remove(&id) {
-            e.alive.store(false, Ordering::Release);
-            let st = e.state.lock().clone();
-            self.unindex(id, &st);
+    /// Forget a subscription; `false` if it was not there.
+    pub(crate) fn remove(&mut self, id: u64) -> bool {
+        match self.subs.remove(&id) {
+            Some(e) => {
+                Self::unindex(&mut self.by_table, id, &e.state);
+                true
+            }
+            None => false,
         }
     }
 
     /// Set a subscription's state (re-indexing it).
     pub(crate) fn set_state(&mut self, id: u64, new: SubState) {
-        let Some(e) = self.subs.get(&id).cloned() else {
+        let Some(e) = self.subs.get_mut(&id) else {
             return;
         };
-        let old = std::mem::replace(&mut *e.state.lock(), new.clone());
-        self.unindex(id, &old);
-        if let SubState::Active(bs) = &new {
+        let old = std::mem::replace(&mut e.state, new);
+        Self::unindex(&mut self.by_table, id, &old);
+        if let SubState::Active(bs) = &e.state {
             for b in bs.iter() {
                 self.by_table
                     .entry((b.table.schema.clone(), b.table.table.clone()))
@@ -123,30 +125,34 @@ impl Registry {
         }
     }
 
-    /// All subscriptions that are not failed.
-    pub(crate) fn retryable(&self) -> Vec<Arc<SubEntry>> {
+    /// The ids of all subscriptions that are not failed.
+    pub(crate) fn retryable(&self) -> Vec<u64> {
         self.subs
-            .values()
-            .filter(|e| !matches!(*e.state.lock(), SubState::Failed))
-            .cloned()
+            .iter()
+            .filter(|(_, e)| !matches!(e.state, SubState::Failed))
+            .map(|(id, _)| *id)
             .collect()
     }
 
-    /// The active subscriptions that bound (schema, table), with their bindings.
+    /// Every subscription, for changes of state that touch them all.
+    pub(crate) fn entries_mut(&mut self) -> impl Iterator<Item = &mut SubEntry> {
+        self.subs.values_mut()
+    }
+
+    /// The active subscriptions that bound (schema, table), with their claims and bindings.
     pub(crate) fn candidates(
         &self,
         schema: &str,
         table: &str,
-    ) -> Vec<(Arc<SubEntry>, Arc<Vec<CompiledBinding>>)> {
+    ) -> Vec<(u64, Arc<Claims>, Arc<Vec<CompiledBinding>>)> {
         let Some(ids) = self.by_table.get(&(schema.to_string(), table.to_string())) else {
             return Vec::new();
         };
         ids.iter()
             .filter_map(|id| {
                 let e = self.subs.get(id)?;
-                let st = e.state.lock();
-                match &*st {
-                    SubState::Active(bs) => Some((e.clone(), bs.clone())),
+                match &e.state {
+                    SubState::Active(bs) => Some((*id, e.claims.clone(), bs.clone())),
                     _ => None,
                 }
             })
@@ -160,7 +166,7 @@ impl Registry {
     pub(crate) fn active_count(&self) -> usize {
         self.subs
             .values()
-            .filter(|e| matches!(*e.state.lock(), SubState::Active(_)))
+            .filter(|e| matches!(e.state, SubState::Active(_)))
             .count()
     }
 }

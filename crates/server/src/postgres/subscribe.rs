@@ -9,9 +9,9 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use super::catalog::{self, TableInfo};
+use super::event::Binding;
 use super::filter::{self, Condition, FilterValue, Op};
 use super::types::Kind;
-use super::Binding;
 
 /// Which actions a binding wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
