@@ -82,6 +82,10 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'supabase_realtime_messages_publication') THEN
     CREATE PUBLICATION supabase_realtime_messages_publication FOR TABLE realtime.messages
       WITH (publish = 'insert', publish_via_partition_root = true);
+  ELSIF NOT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = 'supabase_realtime_messages_publication'
+                    AND schemaname = 'realtime' AND tablename = 'messages') THEN
+    -- the table was dropped and made again (its publication membership went with it)
+    ALTER PUBLICATION supabase_realtime_messages_publication ADD TABLE realtime.messages;
   END IF;
 END
 $p$;";
