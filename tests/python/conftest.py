@@ -83,6 +83,8 @@ class Server:
         env = dict(os.environ)
         if "--database-url" not in self.flags:
             env.pop("DATABASE_URL", None)
+        if "--redis-url" not in self.flags:
+            env.pop("REDIS_URL", None)
         env.setdefault("LOG_LEVEL", "info")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30

@@ -104,7 +104,9 @@ async fn broadcast_round_trip(vsn: Vsn) {
     assert_eq!(own.payload, BroadcastPayload::Json(json!({"x": 1})));
     // b's listener is for "cursor" only.
     cb.send_broadcast("other", json!({})).await.unwrap();
-    assert!(recv(&mut on_b, 300 * MS).await.is_none());
+    if let Some(m) = recv(&mut on_b, 300 * MS).await {
+        panic!("b's cursor listener got {m:?}");
+    }
 }
 
 #[tokio::test]

@@ -31,12 +31,7 @@ async fn nodes(redis: &Redis, n: usize) -> Vec<Server> {
 }
 
 async fn health(srv: &Server) -> Value {
-    reqwest::get(format!("http://{}/api/health", srv.local_addr()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    support::health(&srv.local_addr().to_string()).await
 }
 
 /// Wait until `srv`'s cluster status satisfies `f`.

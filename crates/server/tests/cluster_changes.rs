@@ -13,14 +13,7 @@ use serde_json::{json, Value};
 use support::pg_server::*;
 use support::postgres::{db, require_db};
 use support::redis::require_redis;
-use support::ANON;
-
-async fn cluster_health(addr: &str) -> Value {
-    match reqwest::get(format!("http://{addr}/api/health")).await {
-        Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null)["cluster"].clone(),
-        Err(_) => Value::Null,
-    }
-}
+use support::{assert_each_once, ANON};
 
 /// Every `record.id` a socket gets within `timeout` until it has `n` distinct ids, counted.
 async fn collect(ws: &mut Ws, counts: &mut HashMap<i64, u32>, n: usize, timeout: Duration) {
@@ -42,22 +35,6 @@ async fn collect(ws: &mut Ws, counts: &mut HashMap<i64, u32>, n: usize, timeout:
             .entry(data["record"]["id"].as_i64().unwrap())
             .or_default() += 1;
     }
-}
-
-fn check(node: usize, counts: &HashMap<i64, u32>, ids: impl Iterator<Item = i64>) {
-    let missing: Vec<i64> = ids.filter(|i| !counts.contains_key(i)).collect();
-    assert!(
-        missing.is_empty(),
-        "node {node}: {} rows never delivered (first {:?})",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    let twice: Vec<i64> = counts
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(i, _)| *i)
-        .collect();
-    assert!(twice.is_empty(), "node {node}: delivered twice: {twice:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +79,7 @@ async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
         let mut readers = Vec::new();
         let mut seen = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
-            let h = cluster_health(&n.addr).await;
+            let h = health_cluster(&n.addr).await;
             if h["slot_owner"]["this_node"] == true {
                 readers.push(i);
             }
@@ -128,7 +105,7 @@ async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
     let mut counts: Vec<HashMap<i64, u32>> = vec![HashMap::new(); 3];
     for (i, ws) in socks.iter_mut().enumerate() {
         collect(ws, &mut counts[i], FIRST as usize, Duration::from_secs(30)).await;
-        check(i, &counts[i], 1..=FIRST);
+        assert_each_once(i, &counts[i], 1..=FIRST);
     }
 
     // part 2: SIGKILL the reader during 2,000 inserts (one transaction each)
@@ -168,8 +145,8 @@ async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
             Duration::from_secs(60),
         )
         .await;
-        check(i, &counts[i], 1..=FIRST + N);
-        let h = cluster_health(&nodes[i].addr).await;
+        assert_each_once(i, &counts[i], 1..=FIRST + N);
+        let h = health_cluster(&nodes[i].addr).await;
         let d = h["slot_owner"]["duplicates_dropped"].as_u64().unwrap();
         eprintln!(
             "node {i}: {} distinct rows, duplicates dropped by this node: {d}, slot {}",
@@ -178,7 +155,7 @@ async fn one_slot_reader_for_three_nodes_and_takeover_on_sigkill() {
         );
         dropped += d;
     }
-    let h = cluster_health(&nodes[survivor].addr).await;
+    let h = health_cluster(&nodes[survivor].addr).await;
     assert_ne!(h["slot_owner"]["token"], Value::Null);
     eprintln!(
         "reader killed after {} rows at the survivor; all {} rows delivered to both survivors within {:?} of the kill; {dropped} re-sent changes dropped",
@@ -265,7 +242,7 @@ async fn redis_down_pauses_postgres_changes(outage: Duration, tenant: &str) {
     for (i, ws) in socks.iter_mut().enumerate() {
         let mut counts = HashMap::new();
         collect(ws, &mut counts, N as usize, Duration::from_secs(60)).await;
-        check(i, &counts, 1..=N);
+        assert_each_once(i, &counts, 1..=N);
         // no "database unavailable" for a Redis fault: the channel stays subscribed
         assert!(
             ws.system(Duration::from_millis(100)).await.is_none(),
@@ -274,7 +251,7 @@ async fn redis_down_pauses_postgres_changes(outage: Duration, tenant: &str) {
     }
     let mut owner = Value::Null;
     for n in &nodes {
-        let h = cluster_health(&n.addr).await;
+        let h = health_cluster(&n.addr).await;
         if h["slot_owner"]["this_node"] == true {
             owner = h["slot_owner"].clone();
         }
@@ -317,7 +294,7 @@ async fn access_token_on_a_standby_node_reaches_the_reader() {
     let standby = loop {
         let mut owners = Vec::new();
         for n in &nodes {
-            owners.push(cluster_health(&n.addr).await["slot_owner"]["this_node"] == true);
+            owners.push(health_cluster(&n.addr).await["slot_owner"]["this_node"] == true);
         }
         if owners.iter().filter(|o| **o).count() == 1 {
             break owners.iter().position(|o| !*o).unwrap();
@@ -417,7 +394,7 @@ async fn reader_losing_its_database_session_hands_over_nothing_lost() {
     for (i, ws) in socks.iter_mut().enumerate() {
         let mut counts = HashMap::new();
         collect(ws, &mut counts, N as usize, Duration::from_secs(60)).await;
-        check(i, &counts, 1..=i64::from(N));
+        assert_each_once(i, &counts, 1..=i64::from(N));
     }
     drop(nodes);
     drop_slot(&c, "slot_cls").await;
@@ -445,7 +422,7 @@ async fn legacy_join_on_a_standby_node_gets_its_changes() {
     let extra = ["--redis-url", redis_url.as_str()];
     let reader = ServerProc::start(Some(&url), "cll", &extra, 0, None).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster_health(&reader.addr).await["slot_owner"]["this_node"] != true {
+    while health_cluster(&reader.addr).await["slot_owner"]["this_node"] != true {
         assert!(
             Instant::now() < deadline,
             "the first node never read the slot"
@@ -473,4 +450,8 @@ async fn legacy_join_on_a_standby_node_gets_its_changes() {
     );
     drop((reader, standby));
     drop_slot(&c, "slot_cll").await;
+}
+
+async fn health_cluster(addr: &str) -> Value {
+    support::health(addr).await["cluster"].clone()
 }

@@ -16,18 +16,11 @@ use serde_json::{json, Value};
 use support::pg_server::*;
 use support::postgres::{db, require_db};
 use support::redis::require_redis;
-use support::ANON;
+use support::{assert_each_once, ANON};
 
 /// What a new reader may publish again after a takeover (cluster/messages.rs: 1,024 not yet
 /// acknowledged + 256 acknowledged but not yet reported to PostgreSQL).
 const DUPLICATE_BOUND: u64 = 1_280;
-
-async fn health(addr: &str) -> Value {
-    match reqwest::get(format!("http://{addr}/api/health")).await {
-        Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    }
-}
 
 /// Join a public topic for broadcasts only.
 async fn subscribe(addr: &str, topic: &str) -> Ws {
@@ -59,22 +52,6 @@ async fn collect(ws: &mut Ws, counts: &mut HashMap<i64, u32>, n: usize, timeout:
     }
 }
 
-fn check(node: usize, counts: &HashMap<i64, u32>, ids: impl Iterator<Item = i64>) {
-    let missing: Vec<i64> = ids.filter(|i| !counts.contains_key(i)).collect();
-    assert!(
-        missing.is_empty(),
-        "node {node}: {} messages never delivered (first {:?})",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    let twice: Vec<i64> = counts
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(i, _)| *i)
-        .collect();
-    assert!(twice.is_empty(), "node {node}: delivered twice: {twice:?}");
-}
-
 async fn send(c: &tokio_postgres::Client, topic: &str, i: i64) {
     c.execute(
         "SELECT realtime.send($1::text::jsonb, 'n', $2, false)",
@@ -82,6 +59,28 @@ async fn send(c: &tokio_postgres::Client, topic: &str, i: i64) {
     )
     .await
     .unwrap();
+}
+
+/// `n` nodes sharing the slots of `name` (slot leases of 1.5 s), each with one subscriber of
+/// a new topic `<prefix>-<secs>`.
+async fn nodes_with_subscribers(
+    url: &str,
+    redis_url: &str,
+    name: &str,
+    n: usize,
+    prefix: &str,
+) -> (Vec<ServerProc>, String, Vec<Ws>) {
+    let extra = ["--redis-url", redis_url, "--cluster-slot-lease-ms", "1500"];
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(ServerProc::start(Some(url), name, &extra, 0, None).await);
+    }
+    let topic = format!("{prefix}-{}", now_secs());
+    let mut socks = Vec::new();
+    for node in &nodes {
+        socks.push(subscribe(&node.addr, &topic).await);
+    }
+    (nodes, topic, socks)
 }
 
 /// The index of the one node reading database broadcasts, once every live node (not in
@@ -92,7 +91,7 @@ async fn reader_of(nodes: &[ServerProc], dead: Option<usize>) -> usize {
         let mut readers = Vec::new();
         let mut seen = Vec::new();
         for (i, n) in nodes.iter().enumerate().filter(|(i, _)| Some(*i) != dead) {
-            let h = health(&n.addr).await;
+            let h = support::health(&n.addr).await;
             let r = &h["cluster"]["db_broadcast_reader"];
             if r["this_node"] == true && h["database"]["broadcast_streaming"] == true {
                 readers.push(i);
@@ -142,22 +141,8 @@ async fn one_reader_every_send_once_on_every_node_and_takeover_on_sigkill() {
     };
     let c = db(&url).await;
     drop_slot(&c, "slot_cdb").await;
-    let redis_url = redis.url();
-    let extra = [
-        "--redis-url",
-        redis_url.as_str(),
-        "--cluster-slot-lease-ms",
-        "1500",
-    ];
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(ServerProc::start(Some(&url), "cdb", &extra, 0, None).await);
-    }
-    let topic = format!("dbb-{}", now_secs());
-    let mut socks = Vec::new();
-    for n in &nodes {
-        socks.push(subscribe(&n.addr, &topic).await);
-    }
+    let (mut nodes, topic, mut socks) =
+        nodes_with_subscribers(&url, &redis.url(), "cdb", 3, "dbb").await;
     let owner = reader_of(&nodes, None).await;
     let (active, temporary) = walsenders(&c, "slot_cdb_messages").await;
     assert_eq!(active, 1, "one walsender for the cluster's messages slot");
@@ -171,7 +156,7 @@ async fn one_reader_every_send_once_on_every_node_and_takeover_on_sigkill() {
     let mut counts: Vec<HashMap<i64, u32>> = vec![HashMap::new(); 3];
     for (i, ws) in socks.iter_mut().enumerate() {
         collect(ws, &mut counts[i], FIRST as usize, Duration::from_secs(30)).await;
-        check(i, &counts[i], 1..=FIRST);
+        assert_each_once(i, &counts[i], 1..=FIRST);
     }
 
     // part 2: SIGKILL the reader during 2,000 sends (one transaction each)
@@ -208,8 +193,8 @@ async fn one_reader_every_send_once_on_every_node_and_takeover_on_sigkill() {
             Duration::from_secs(60),
         )
         .await;
-        check(i, &counts[i], 1..=FIRST + N);
-        let r = health(&nodes[i].addr).await["cluster"]["db_broadcast_reader"].clone();
+        assert_each_once(i, &counts[i], 1..=FIRST + N);
+        let r = support::health(&nodes[i].addr).await["cluster"]["db_broadcast_reader"].clone();
         let d = r["duplicates_dropped"].as_u64().unwrap() + r["fenced_dropped"].as_u64().unwrap();
         eprintln!(
             "node {i}: {} distinct messages, re-published ones dropped here: {d}; reader {r}",
@@ -245,22 +230,8 @@ async fn redis_down_pauses_database_broadcasts_and_loses_nothing() {
     };
     let c = db(&url).await;
     drop_slot(&c, "slot_cdr").await;
-    let redis_url = redis.url();
-    let extra = [
-        "--redis-url",
-        redis_url.as_str(),
-        "--cluster-slot-lease-ms",
-        "1500",
-    ];
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        nodes.push(ServerProc::start(Some(&url), "cdr", &extra, 0, None).await);
-    }
-    let topic = format!("dbr-{}", now_secs());
-    let mut socks = Vec::new();
-    for n in &nodes {
-        socks.push(subscribe(&n.addr, &topic).await);
-    }
+    let (nodes, topic, mut socks) =
+        nodes_with_subscribers(&url, &redis.url(), "cdr", 2, "dbr").await;
     let owner = reader_of(&nodes, None).await;
     const N: i64 = 300;
     let mut counts: Vec<HashMap<i64, u32>> = vec![HashMap::new(); 2];
@@ -293,8 +264,8 @@ async fn redis_down_pauses_database_broadcasts_and_loses_nothing() {
     let mut failures = 0;
     for (i, ws) in socks.iter_mut().enumerate() {
         collect(ws, &mut counts[i], N as usize, Duration::from_secs(60)).await;
-        check(i, &counts[i], 1..=N);
-        let r = health(&nodes[i].addr).await["cluster"]["db_broadcast_reader"].clone();
+        assert_each_once(i, &counts[i], 1..=N);
+        let r = support::health(&nodes[i].addr).await["cluster"]["db_broadcast_reader"].clone();
         eprintln!("node {i}: all {N} messages once; reader {r}");
         failures += r["redis_failures"].as_u64().unwrap_or(0);
     }
@@ -367,7 +338,7 @@ async fn private_channels_are_checked_per_subscriber_on_every_node() {
     let (ok, pres) = (format!("cdbok-{suffix}"), format!("cdbpres-{suffix}"));
     // allowed on both nodes; presence-only (no broadcast read) on node 1; the public room of
     // the same name on node 0
-    let mut allowed = vec![
+    let mut allowed = [
         join_room(&nodes[0].addr, &ok, true).await,
         join_room(&nodes[1].addr, &ok, true).await,
     ];

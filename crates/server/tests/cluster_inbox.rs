@@ -15,17 +15,10 @@ use support::postgres::{db, require_db};
 use support::redis::{require_redis, Redis};
 use support::ANON;
 
-async fn cluster_health(addr: &str) -> Value {
-    match reqwest::get(format!("http://{addr}/api/health")).await {
-        Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null)["cluster"].clone(),
-        Err(_) => Value::Null,
-    }
-}
-
 async fn wait_for(addr: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let h = cluster_health(addr).await;
+        let h = health_cluster(addr).await;
         if f(&h) {
             return h;
         }
@@ -90,7 +83,7 @@ async fn setup(url: &str, redis: &Redis, name: &str) -> Setup {
 
 /// Insert `n` rows in one statement and wait until A wrote them to Redis.
 async fn insert_and_wait_written(s: &Setup, name: &str, from: i32, n: i32) {
-    let before = cluster_health(&s.a.addr).await["slot_owner"]["deliveries_sent"]
+    let before = health_cluster(&s.a.addr).await["slot_owner"]["deliveries_sent"]
         .as_u64()
         .unwrap();
     s.pg.execute(
@@ -196,4 +189,8 @@ async fn redis_restarted_empty_with_unread_deliveries_gives_phx_error() {
         }
     }
     drop_slot(&s.pg, "slot_cie").await;
+}
+
+async fn health_cluster(addr: &str) -> Value {
+    support::health(addr).await["cluster"].clone()
 }

@@ -35,13 +35,7 @@ async fn nodes(redis: &Redis, tune: impl Fn(&mut Config)) -> Vec<Server> {
 }
 
 async fn cluster_health(srv: &Server) -> Value {
-    let h: Value = reqwest::get(format!("http://{}/api/health", srv.local_addr()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    h["cluster"].clone()
+    support::health(&srv.local_addr().to_string()).await["cluster"].clone()
 }
 
 async fn wait_cluster(srv: &Server, what: &str, f: impl Fn(&Value) -> bool) {

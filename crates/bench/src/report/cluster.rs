@@ -46,6 +46,7 @@ pub(super) fn cluster_section(md: &mut String, r: &Results) {
             }
         }
     }
+    projection(md, r);
     if !r.cluster_presence.is_empty() {
         let _ = writeln!(md, "\nPresence (section 6's measurement, sockets spread round-robin over the nodes):\n\n| nodes | clients | tracked | full state everywhere | vs 1 node |\n|---|---|---|---|---|");
         let base = r
@@ -73,4 +74,44 @@ pub(super) fn cluster_section(md: &mut String, r: &Results) {
         }
     }
     md.push('\n');
+}
+
+/// A projection on paper from this run's rows: what N nodes on separate machines would carry.
+fn projection(md: &mut String, r: &Results) {
+    let rate = |i: usize| {
+        r.cluster_fanout
+            .get(i)
+            .and_then(|(_, x)| x.as_ref().ok())
+            .map(|f| f.deliveries_per_sec)
+    };
+    let (Some(one), Some(hop)) = (rate(0), rate(1)) else {
+        return;
+    };
+    if one <= 0.0 {
+        return;
+    }
+    let share = hop / one;
+    let _ = write!(
+        md,
+        "\n**Projection on paper** (not measured: the rows above are on one machine). A node's work is delivering to its own \
+         subscribers, plus one Redis round trip per broadcast and topic, not per delivery; the *1 node + Redis* row prices that \
+         hop: {:.0}% of one node's deliveries/s. On separate machines, N nodes would carry about N x {} x {} deliveries/s of \
+         1 -> 1,000 fan-out:",
+        share * 100.0,
+        format_args!("{share:.2}"),
+        human(one)
+    );
+    for n in [2u32, 3, 6, 10] {
+        let _ = write!(md, " {n} nodes {},", human(f64::from(n) * share * one));
+    }
+    md.pop();
+    let _ = writeln!(
+        md,
+        ". That holds while Redis keeps up: it sees one publish (one Lua call: the offset, the stream entry, the \
+         publish) per broadcast, so 1 -> 1,000 fan-out at {} deliveries/s asks it for about {} publishes/s. For many small \
+         topics (1 -> few) every delivery is nearly a publish, and Redis's single thread, not measured here, becomes the \
+         ceiling; the balancer's connection capacity is the other one.",
+        human(10.0 * share * one),
+        human(10.0 * share * one / 1000.0)
+    );
 }

@@ -87,7 +87,9 @@ impl Server {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(server_bin());
-        cmd.arg("serve")
+        // one server per test: a REDIS_URL in the caller's shell would join them into a cluster
+        cmd.env_remove("REDIS_URL")
+            .arg("serve")
             .arg("--addr")
             .arg(format!("127.0.0.1:{}", self.port))
             .args([

@@ -177,9 +177,9 @@ def start_server(database_url: Optional[str] = None, *, jwt_secret: str = DEFAUL
     anon = mint_jwt({"iss": "supabase-demo", "role": "anon", "iat": now, "exp": far}, jwt_secret)
     service = mint_jwt({"iss": "supabase-demo", "role": "service_role", "iat": now, "exp": far}, jwt_secret)
     child_env = dict(os.environ if env is None else env)
-    # Only what is passed here configures it: a DATABASE_URL of the test environment must not
-    # turn the in-memory default into a database server.
-    for var in ("DATABASE_URL", "JWT_SECRET", "REALTIME_ADDR"):
+    # Only what is passed here configures it: a DATABASE_URL (or REDIS_URL) of the test
+    # environment must not turn the in-memory default into a database server (or a cluster node).
+    for var in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "REALTIME_ADDR"):
         child_env.pop(var, None)
     attempts = 3  # another process may take the free port between the probe and the bind
     for attempt in range(attempts):

@@ -28,6 +28,36 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// `GET /api/health` of the server at `addr` (`Null` while it does not answer).
+pub async fn health(addr: &str) -> Value {
+    match reqwest::get(format!("http://{addr}/api/health")).await {
+        Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Exactly once: every one of `ids` is in `counts` (times seen, by id) and none more than once.
+pub fn assert_each_once(
+    node: usize,
+    counts: &std::collections::HashMap<i64, u32>,
+    ids: impl Iterator<Item = i64>,
+) {
+    let missing: Vec<i64> = ids.filter(|i| !counts.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "node {node}: {} never delivered (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let mut twice: Vec<i64> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(i, _)| *i)
+        .collect();
+    twice.sort_unstable();
+    assert!(twice.is_empty(), "node {node}: delivered twice: {twice:?}");
+}
+
 /// A token with `role` and `exp = now + secs`.
 pub fn token(role: &str, secs: i64) -> String {
     sign_hs256(

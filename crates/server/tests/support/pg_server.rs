@@ -84,6 +84,8 @@ impl ServerProc {
         ])
         .env("REALTIME_PG_RESUME_GRACE_MS", grace_ms.to_string())
         .env_remove("DATABASE_URL")
+        // cluster mode only where a test asks for it (`--redis-url`), not from the caller's shell
+        .env_remove("REDIS_URL")
         .env(
             "LOG_LEVEL",
             std::env::var("PG_TEST_LOG").unwrap_or_else(|_| "info".into()),
