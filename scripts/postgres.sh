@@ -90,8 +90,10 @@ write_conf() {
     echo "port = $PORT"
     echo "unix_socket_directories = '$SOCK'"
     echo "wal_level = logical"
-    echo "max_replication_slots = 20"
-    echo "max_wal_senders = 20"
+    # permanent slots add up: each server's postgres_changes slot, a cluster's <slot>_messages,
+    # and those a killed test process could not drop
+    echo "max_replication_slots = 64"
+    echo "max_wal_senders = 64"
     echo "max_connections = 200"
     echo "fsync = off"
     echo "full_page_writes = off"
