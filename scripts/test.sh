@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh — THE test command. On a fresh Debian machine (root, package registries
 # reachable) it installs what the tests need, idempotently, then runs:
-#   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace,
+#   cargo fmt --check, cargo clippy -D warnings, cargo doc (no broken links), cargo test --workspace,
 #   the Python wheel + sdist (maturin build --release) installed into a fresh venv,
 #   mypy.stubtest over the native module, mypy --strict over the package,
 #   and pytest over tests/ against that install (interop suite: the real server with the
@@ -67,9 +67,16 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_ROOT/$TARGET_DIR" ;; esac
 
 # --- Rust ----------------------------------------------------------------------------------
+# Docs are read in two ways, so both must build without a broken link: the public API
+# (docs.rs) and the private items the module docs point newcomers to.
+rust_docs() {
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace -q \
+    && RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --document-private-items -q
+}
 if [ "${SKIP_RUST_CHECKS:-}" != 1 ]; then
   step "cargo fmt --check" cargo fmt --all -- --check
   step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+  step "cargo doc (links)" rust_docs
   step "cargo test" cargo test --workspace
 fi
 

@@ -97,7 +97,7 @@ pub fn free_port() -> u16 {
         .unwrap_or(54400)
 }
 
-/// Resident set size of a process in KiB, from /proc/<pid>/status.
+/// Resident set size of a process in KiB, from `/proc/<pid>/status`.
 pub fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -109,7 +109,7 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) of a process in seconds, from /proc/<pid>/stat.
+/// CPU time (user + system) of a process in seconds, from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;

@@ -74,7 +74,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record a `perf` profile of the server during this fan-out or scenario name
-    /// (e.g. `fanout-100x100-v1`, `presence`, `postgres`); written to bench/perf-<name>.txt.
+    /// (e.g. `fanout-100x100-v1`, `presence`, `postgres`); written to `bench/perf-<name>.txt`.
     #[arg(long)]
     perf: Option<String>,
     /// Override the number of presence clients (1,000 in a full run).

@@ -22,6 +22,10 @@
 //! * **Errors**: [`errors`] maps the client's `ErrorKind` to exception classes
 //!   (`AuthorizationError`, `NotConnectedError`, ...) that carry the server's reason.
 
+// A cdylib with no Rust API: its docs are for the people working on it, rendered with
+// `cargo doc --document-private-items`, so they link to private items.
+#![allow(rustdoc::private_intra_doc_links)]
+
 use pyo3::prelude::*;
 
 mod args;

@@ -1,6 +1,6 @@
 //! The connection task: the one owner of the socket, the channels and the timers.
 //!
-//! Handles talk to it with [`Command`]s over a bounded `mpsc`; commands that need an
+//! Handles talk to it with `Command`s (below) over a bounded `mpsc`; commands that need an
 //! answer carry a `oneshot`. State leaves it through `watch`es and event queues.
 //!
 //! # Reading under backpressure

@@ -289,7 +289,7 @@ impl ChannelEntry {
     }
 
     /// Queue presence events until the end of the read batch; `true` if the channel just
-    /// became dirty (the task then publishes it, see [`Task::publish_presence`]).
+    /// became dirty (the task then publishes it, see [`Self::publish_presence`]).
     fn apply_presence(
         &mut self,
         events: Vec<supa_realtime_protocol::presence::PresenceEvent>,

@@ -7,7 +7,7 @@
 //! node holds the slot lease checks RLS for every subscriber of the cluster, and a node taking
 //! over has them compiled already.
 //!
-//! A local channel's sink is wrapped ([`Cluster::share_postgres`]): its `Subscribed` waits
+//! A local channel's sink is wrapped ([`Cluster::share_postgres`](super::Cluster::share_postgres)): its `Subscribed` waits
 //! until the slot reader says it has the subscription live (or this node is the reader), so
 //! "Subscribed" keeps its meaning, and every change is passed on only if its position is past
 //! the last one the channel got: what a new reader sends again after a takeover is dropped

@@ -70,7 +70,7 @@ return n
     )
 });
 
-/// The inbox's epoch, set to ARGV[1] if it has none; keeps the meta for ARGV[2] seconds.
+/// The inbox's epoch, set to `ARGV[1]` if it has none; keeps the meta for `ARGV[2]` seconds.
 /// KEYS: inbox meta.
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
