@@ -47,7 +47,7 @@ async fn wait_health(srv: &Server, what: &str, f: impl Fn(&Value) -> bool) -> Va
     }
 }
 
-/// The next JSON message with `event`, waiting up to `secs` in all.
+/// The next JSON message with `event` (any event if empty), waiting up to `secs` in all.
 async fn event_within(c: &mut Client, event: &str, secs: u64) -> Message {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -63,7 +63,7 @@ async fn event_within(c: &mut Client, event: &str, secs: u64) -> Message {
             _ => continue,
         };
         if let Ok(ServerFrame::Message(m)) = c.s.decode_server_frame(&wire) {
-            if m.event == event {
+            if event.is_empty() || m.event == event {
                 return m;
             }
         }
@@ -279,6 +279,74 @@ async fn redis_outage_keeps_local_delivery_and_recovers_what_crossed() {
     let status = health(&n[0]).await["cluster"].clone();
     assert_eq!(status["published_late"], 5, "{status}");
     assert_eq!(status["channels_errored"], 0, "{status}");
+}
+
+#[tokio::test]
+async fn an_outage_buffer_that_overflows_is_reported_with_phx_error() {
+    let Some(mut redis) = require_redis("cluster outage buffer overflow", true) else {
+        return;
+    };
+    let mut cfg = node_config(&redis);
+    cfg.cluster.cluster_outage_buffer = 3;
+    let n = [server(cfg).await, server(node_config(&redis)).await];
+    let mut a = connect(&n[0], Serializer::V1).await;
+    let mut c = connect(&n[0], Serializer::V2).await;
+    // 2.0.0, whose frames carry the join_ref.
+    let mut b = connect(&n[1], Serializer::V2).await;
+    a.join_ok("realtime:ov", "1", json!({})).await;
+    c.join_ok("realtime:ov", "1", json!({})).await;
+    b.join_ok("realtime:ov", "4", json!({})).await;
+    a.send(bcast("realtime:ov", "0", json!({"i": 0}))).await;
+    assert_eq!(b.recv_event("broadcast").await.payload["payload"]["i"], 0);
+    assert_eq!(c.recv_event("broadcast").await.payload["payload"]["i"], 0);
+
+    redis.stop();
+    wait_health(&n[0], "Redis down", |c| c["redis_connected"] == false).await;
+    // 10 broadcasts where node 1 keeps 3 for the others
+    for i in 1..=10 {
+        a.send(bcast("realtime:ov", &i.to_string(), json!({"i": i})))
+            .await;
+    }
+    for i in 1..=10 {
+        assert_eq!(
+            c.recv_event("broadcast").await.payload["payload"]["i"],
+            i,
+            "node 1's own channels get every one"
+        );
+    }
+    redis.start();
+    // node 2 cannot get 4..=10 any more: what was kept may come, then its channel rejoins
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut late = Vec::new();
+    let err = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no phx_error; got {late:?}");
+        let m = event_within(&mut b, "", 15).await;
+        match m.event.as_str() {
+            "broadcast" => late.push(m.payload["payload"]["i"].clone()),
+            "phx_error" => break m,
+            _ => {}
+        }
+    };
+    assert_eq!(err.topic, "realtime:ov");
+    assert_eq!(
+        err.join_ref.as_deref(),
+        Some("4"),
+        "phx_error reaches the channel"
+    );
+    assert!(
+        late.len() <= 3 && late.iter().zip(1..).all(|(v, i)| *v == i),
+        "only what the buffer held, in order: {late:?}"
+    );
+    let status = wait_health(&n[0], "the gap reported", |c| c["gaps_reported"] == 1).await;
+    assert_eq!(status["published_late"], 3, "{status}");
+    // after the rejoin, traffic flows again
+    b.join_ok("realtime:ov", "5", json!({})).await;
+    a.send(bcast("realtime:ov", "11", json!({"i": 11}))).await;
+    assert_eq!(
+        event_within(&mut b, "broadcast", 5).await.payload["payload"]["i"],
+        11
+    );
 }
 
 #[tokio::test]
