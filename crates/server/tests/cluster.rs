@@ -350,6 +350,71 @@ async fn an_outage_buffer_that_overflows_is_reported_with_phx_error() {
 }
 
 #[tokio::test]
+async fn a_batch_that_failed_half_way_is_sent_again_without_duplicates() {
+    let Some(redis) = require_redis("cluster half-way batch", false) else {
+        return;
+    };
+    let n = nodes(&redis, 2).await;
+    let mut a = connect(&n[0], Serializer::V1).await;
+    let mut b = connect(&n[1], Serializer::V2).await;
+    for topic in ["realtime:hx", "realtime:hy"] {
+        a.join_ok(topic, "1", json!({})).await;
+        b.join_ok(topic, "2", json!({})).await;
+    }
+    a.send(bcast("realtime:hx", "0", json!({"i": 0}))).await;
+    assert_eq!(b.recv_event("broadcast").await.payload["payload"]["i"], 0);
+    // The publish of topic `hy` fails in Redis (its meta key holds the wrong type), so a batch
+    // with `hx` broadcasts before it fails half-way: those were published already.
+    let meta = format!("{}:mt:0:hy", node_config(&redis).cluster.redis_prefix);
+    redis.cli(&["SET", &meta, "not a hash"]);
+    const N: i64 = 50;
+    for i in 1..=N {
+        a.send(bcast("realtime:hx", &i.to_string(), json!({"i": i})))
+            .await;
+    }
+    a.send(bcast("realtime:hy", "y", json!({"i": -1}))).await;
+    wait_health(&n[0], "the failed batch kept", |c| {
+        c["outage_buffered"].as_u64().unwrap_or(0) > 1
+    })
+    .await;
+    redis.cli(&["DEL", &meta]);
+    let status = wait_health(&n[0], "the batch sent again", |c| {
+        c["redis_connected"] == true && c["outage_buffered"] == 0
+    })
+    .await;
+    let resent = status["published_late"].as_u64().unwrap_or(0);
+    assert!(
+        resent > 1,
+        "no broadcast of `hx` was in the failed batch: {status}"
+    );
+    // every `hx` broadcast once, in order
+    let mut got = Vec::new();
+    while got.len() < N as usize {
+        let m = event_within(&mut b, "broadcast", 10).await;
+        if m.topic == "realtime:hx" {
+            got.push(m.payload["payload"]["i"].as_i64().unwrap_or(0));
+        }
+    }
+    assert_eq!(got, (1..=N).collect::<Vec<_>>());
+    a.send(bcast("realtime:hx", "z", json!({"i": N + 1}))).await;
+    loop {
+        let m = event_within(&mut b, "broadcast", 5).await;
+        if m.topic == "realtime:hx" {
+            assert_eq!(
+                m.payload["payload"]["i"],
+                N + 1,
+                "a broadcast delivered twice"
+            );
+            break;
+        }
+    }
+    eprintln!(
+        "sent again after the half-way failure: {resent} (of {} made)",
+        N + 1
+    );
+}
+
+#[tokio::test]
 async fn lost_history_is_reported_with_phx_error() {
     let Some(mut redis) = require_redis("cluster lost history", false) else {
         return;

@@ -5,8 +5,9 @@
 //! While Redis cannot be reached it keeps broadcasts (bounded by `--cluster-outage-buffer`)
 //! and presence leaves, and on reconnect publishes them first, then gap notices for topics it
 //! could not keep, then every local presence again (a restarted Redis may have lost them).
-//! A batch that failed half-way is treated as not published: the other nodes may then get
-//! its first messages twice (at most one batch, 256 messages).
+//! A batch that failed half-way is treated as not published and sent again; its broadcasts
+//! are not delivered twice, because each carries this node's sequence number and the publish
+//! script skips one whose number it has already taken for the topic (`scripts::PUBLISH`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -43,8 +44,12 @@ struct Writer {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     conn: Option<MultiplexedConnection>,
-    /// Broadcasts made while Redis was unreachable, already delivered on this node.
-    outage: VecDeque<(TopicKey, Bytes)>,
+    /// Broadcasts made while Redis was unreachable, already delivered on this node, with
+    /// their sequence numbers.
+    outage: VecDeque<(TopicKey, Bytes, u64)>,
+    /// The last sequence number given to a broadcast of this node: a re-sent one keeps its
+    /// number, so Redis takes each once.
+    seq: u64,
     /// This node's presence entries: topic -> ref -> join envelope.
     local: HashMap<TopicKey, HashMap<String, Bytes>>,
     /// Leaves that could not be written.
@@ -67,6 +72,7 @@ pub(crate) async fn run(
         registry,
         conn: None,
         outage: VecDeque::new(),
+        seq: 0,
         local: HashMap::new(),
         pending_leaves: Vec::new(),
         next_attempt: now,
@@ -125,7 +131,7 @@ impl Writer {
         r: &str,
         at_ms: u64,
     ) -> redis::Cmd {
-        publish_cmd_for(&self.shared, key, envelope, op, &self.field(r), at_ms)
+        publish_cmd_for(&self.shared, key, envelope, op, &self.field(r), at_ms, 0)
     }
 
     fn lease_end(&self) -> u64 {
@@ -210,15 +216,22 @@ impl Writer {
         if reqs.is_empty() {
             return;
         }
+        let seqs: Vec<u64> = reqs
+            .iter()
+            .map(|r| match r {
+                PubReq::Publish { .. } => self.next_seq(),
+                _ => 0,
+            })
+            .collect();
         let Some(mut conn) = self.conn.clone() else {
-            self.offline(reqs);
+            self.offline(reqs, seqs);
             return;
         };
         let mut pipe = redis::pipe();
-        for req in &reqs {
+        for (req, seq) in reqs.iter().zip(&seqs) {
             match req {
                 PubReq::Publish { key, envelope, .. } => {
-                    pipe.add_command(self_publish(&self.shared, key, envelope));
+                    pipe.add_command(self_publish(&self.shared, key, envelope, *seq));
                 }
                 PubReq::Admit { .. } | PubReq::Flush(_) => {}
                 PubReq::Presence { key, ops } => {
@@ -254,15 +267,21 @@ impl Writer {
             }
             Err(e) => {
                 self.lost_connection(&e);
-                self.offline(reqs);
+                self.offline(reqs, seqs);
             }
         }
     }
 
-    /// Redis is unreachable: deliver locally what was not, keep it for later.
-    fn offline(&mut self, reqs: Vec<PubReq>) {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Redis is unreachable: deliver locally what was not, keep it for later (`seqs`: the
+    /// sequence number of each request, 0 for those that are not broadcasts).
+    fn offline(&mut self, reqs: Vec<PubReq>, seqs: Vec<u64>) {
         let cap = self.shared.config.cluster_outage_buffer;
-        for req in reqs {
+        for (req, seq) in reqs.into_iter().zip(seqs) {
             match req {
                 PubReq::Publish {
                     confirm: Some(tx), ..
@@ -277,7 +296,7 @@ impl Writer {
                     if self.outage.len() >= cap {
                         self.shared.status.overflowed.lock().insert(key);
                     } else {
-                        self.outage.push_back((key, envelope));
+                        self.outage.push_back((key, envelope, seq));
                     }
                 }
                 PubReq::Admit { limit, tx } => {
@@ -396,8 +415,8 @@ impl Writer {
         while !self.outage.is_empty() {
             let n = self.outage.len().min(BATCH);
             let mut pipe = redis::pipe();
-            for (key, envelope) in self.outage.iter().take(n) {
-                pipe.add_command(self_publish(&self.shared, key, envelope));
+            for (key, envelope, seq) in self.outage.iter().take(n) {
+                pipe.add_command(self_publish(&self.shared, key, envelope, *seq));
             }
             let _: Vec<Value> = pipe.query_async(&mut conn).await?;
             self.outage.drain(..n);
@@ -444,7 +463,7 @@ impl Writer {
         let gap = envelope::encode_gap(&self.shared.node);
         let mut pipe = redis::pipe();
         for key in &topics {
-            pipe.add_command(self_publish(&self.shared, key, &gap));
+            pipe.add_command(self_publish(&self.shared, key, &gap, 0));
         }
         if let Err(e) = pipe.query_async::<Vec<Value>>(conn).await {
             self.shared.status.overflowed.lock().extend(topics);
@@ -531,6 +550,7 @@ impl Writer {
                         "expire",
                         &field,
                         now,
+                        0,
                     ));
                     swept += 1;
                 }
@@ -597,11 +617,14 @@ impl Writer {
     }
 }
 
-fn self_publish(shared: &Shared, key: &TopicKey, envelope: &[u8]) -> redis::Cmd {
-    publish_cmd_for(shared, key, envelope, "-", "", 0)
+/// A broadcast (or gap notice) of this node; `seq` 0 is published however often it is sent.
+fn self_publish(shared: &Shared, key: &TopicKey, envelope: &[u8], seq: u64) -> redis::Cmd {
+    publish_cmd_for(shared, key, envelope, "-", "", 0, seq)
 }
 
-/// The publish script call for one envelope; `op` is the presence change it carries.
+/// The publish script call for one envelope; `op` is the presence change it carries, `seq`
+/// this node's number for a broadcast (0: none).
+#[allow(clippy::too_many_arguments)]
 fn publish_cmd_for(
     shared: &Shared,
     key: &TopicKey,
@@ -609,6 +632,7 @@ fn publish_cmd_for(
     op: &str,
     field: &str,
     at_ms: u64,
+    seq: u64,
 ) -> redis::Cmd {
     let keys = &shared.keys;
     let t = keys.topic(key);
@@ -629,6 +653,8 @@ fn publish_cmd_for(
         .arg(op)
         .arg(field)
         .arg(format!("{field}\n{}", t.id))
-        .arg(at_ms);
+        .arg(at_ms)
+        .arg(&shared.node)
+        .arg(seq);
     cmd
 }

@@ -12,7 +12,12 @@ use redis::Script;
 /// KEYS: stream, meta, presence hash, presence expiry set.
 /// ARGV: channel, envelope, history size, history ttl (s), meta ttl (s), epoch to use if the
 /// topic has none, presence op (`-`, `join`, `leave`, `expire`), presence field, expiry
-/// member, expire-at / now (ms).
+/// member, expire-at / now (ms), node id, the node's sequence number of a broadcast (0: none).
+///
+/// A broadcast whose sequence number is not above the last one the topic took from that node
+/// is one sent again after a batch failed half-way: it is skipped (`{0, "dup"}`), so other
+/// nodes get it once. The numbers live in the topic's meta hash (a field per publishing node,
+/// gone with the meta).
 ///
 /// `expire` is a sweeper's leave: it happens only if the lease is still expired (it was not
 /// refreshed meanwhile, nor already swept by another node). Returns `{offset, epoch}`, or
@@ -26,6 +31,15 @@ if op == 'expire' then
   if (not score) or tonumber(score) > tonumber(ARGV[10]) then
     return {0, ''}
   end
+end
+local seq = tonumber(ARGV[12])
+if seq > 0 then
+  local field = 'w:' .. ARGV[11]
+  local last = tonumber(redis.call('hget', KEYS[2], field) or '0')
+  if last >= seq then
+    return {0, 'dup'}
+  end
+  redis.call('hset', KEYS[2], field, ARGV[12])
 end
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
