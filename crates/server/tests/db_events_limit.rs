@@ -14,15 +14,21 @@ use supa_realtime_protocol::{Message, Serializer};
 use support::postgres::{db, require_db};
 use support::*;
 
-#[tokio::test]
-async fn over_the_db_events_limit_changes_stop_and_the_channel_is_told() {
-    let Some(url) = require_db("over_the_db_events_limit_changes_stop_and_the_channel_is_told")
-    else {
-        return;
-    };
-    let name = format!("dbl{}", std::process::id());
-    let table = format!("dblimit_{name}");
-    let sql = db(&url).await;
+/// A table of its own in a publication of its own, and a server config on its own slot
+/// (`<prefix><pid>` names them).
+async fn setup(
+    url: &str,
+    prefix: &str,
+    table_prefix: &str,
+) -> (
+    tokio_postgres::Client,
+    String,
+    String,
+    supa_realtime_server::Config,
+) {
+    let name = format!("{prefix}{}", std::process::id());
+    let table = format!("{table_prefix}_{name}");
+    let sql = db(url).await;
     sql.batch_execute(&format!(
         "DROP PUBLICATION IF EXISTS pub_{name};
          DROP TABLE IF EXISTS public.{table};
@@ -33,10 +39,20 @@ async fn over_the_db_events_limit_changes_stop_and_the_channel_is_told() {
     .await
     .unwrap();
     let mut cfg = config();
-    cfg.database_url = Some(url.clone());
+    cfg.database_url = Some(url.to_owned());
     cfg.slot_name = format!("slot_{name}");
     cfg.publication = format!("pub_{name}");
     cfg.pg_resume_grace_ms = 0;
+    (sql, name, table, cfg)
+}
+
+#[tokio::test]
+async fn over_the_db_events_limit_changes_stop_and_the_channel_is_told() {
+    let Some(url) = require_db("over_the_db_events_limit_changes_stop_and_the_channel_is_told")
+    else {
+        return;
+    };
+    let (sql, name, table, mut cfg) = setup(&url, "dbl", "dblimit").await;
     cfg.max_db_events_per_second = Some(1); // 60 deliveries per 60 s window
     let srv = server(cfg).await;
     let mut c = connect(&srv, Serializer::V1).await;
@@ -130,23 +146,7 @@ async fn by_default_changes_count_against_the_events_limit_per_id_and_drops_are_
     let Some(url) = require_db("by_default_changes_count_against_the_events_limit") else {
         return;
     };
-    let name = format!("dbd{}", std::process::id());
-    let table = format!("dbdefault_{name}");
-    let sql = db(&url).await;
-    sql.batch_execute(&format!(
-        "DROP PUBLICATION IF EXISTS pub_{name};
-         DROP TABLE IF EXISTS public.{table};
-         CREATE TABLE public.{table} (id int PRIMARY KEY);
-         GRANT SELECT ON public.{table} TO PUBLIC;
-         CREATE PUBLICATION pub_{name} FOR TABLE public.{table};"
-    ))
-    .await
-    .unwrap();
-    let mut cfg = config();
-    cfg.database_url = Some(url.clone());
-    cfg.slot_name = format!("slot_{name}");
-    cfg.publication = format!("pub_{name}");
-    cfg.pg_resume_grace_ms = 0;
+    let (sql, name, table, mut cfg) = setup(&url, "dbd", "dbdefault").await;
     // No database-events limit of its own: it is the events limit, 2/s = 120 per 60 s.
     cfg.max_events_per_second = 2;
     cfg.max_db_events_per_second = None;
