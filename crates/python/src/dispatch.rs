@@ -229,23 +229,19 @@ impl LoopDelivery {
     }
 
     fn add(&self, py: Python<'_>, source: Box<dyn Source>) {
-        let hub = match self.state.lock() {
-            Ok(mut st) => {
-                st.sources.push(source);
-                st.hub.as_ref().map(|h| h.clone_ref(py))
-            }
-            Err(_) => None,
-        };
         // Polled (and its waker registered) at the hub's next drain.
-        if let Some(h) = hub {
-            h.get().core.wake_now();
-        }
+        self.update_and_wake(py, |st| st.sources.push(source));
     }
 
     fn inject(&self, py: Python<'_>, item: Item) {
+        self.update_and_wake(py, |st| st.injected.push(item));
+    }
+
+    /// Change the state, then wake the hub (outside the lock) so its next drain sees it.
+    fn update_and_wake(&self, py: Python<'_>, f: impl FnOnce(&mut LoopState)) {
         let hub = match self.state.lock() {
             Ok(mut st) => {
-                st.injected.push(item);
+                f(&mut st);
                 st.hub.as_ref().map(|h| h.clone_ref(py))
             }
             Err(_) => None,

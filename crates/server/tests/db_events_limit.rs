@@ -92,15 +92,10 @@ async fn over_the_db_events_limit_changes_stop_and_the_channel_is_told() {
 
     drop(c);
     srv.shutdown().await;
+    // The change feed's slot is permanent: drop it, or it keeps WAL.
+    support::pg_server::drop_slot(&sql, &format!("slot_{name}")).await;
     sql.batch_execute(&format!(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'slot_{name}' AND active_pid IS NOT NULL;"
-    ))
-    .await
-    .ok();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    sql.batch_execute(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'slot_{name}';
-         DROP PUBLICATION IF EXISTS pub_{name}; DROP TABLE IF EXISTS public.{table};"
+        "DROP PUBLICATION IF EXISTS pub_{name}; DROP TABLE IF EXISTS public.{table};"
     ))
     .await
     .ok();
@@ -248,15 +243,10 @@ async fn by_default_changes_count_against_the_events_limit_per_id_and_drops_are_
 
     drop((a, b));
     srv.shutdown().await;
+    // The change feed's slot is permanent: drop it, or it keeps WAL.
+    support::pg_server::drop_slot(&sql, &format!("slot_{name}")).await;
     sql.batch_execute(&format!(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'slot_{name}' AND active_pid IS NOT NULL;"
-    ))
-    .await
-    .ok();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    sql.batch_execute(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'slot_{name}';
-         DROP PUBLICATION IF EXISTS pub_{name}; DROP TABLE IF EXISTS public.{table};"
+        "DROP PUBLICATION IF EXISTS pub_{name}; DROP TABLE IF EXISTS public.{table};"
     ))
     .await
     .ok();

@@ -81,15 +81,9 @@ async fn a_join_without_config_subscribes_to_the_topics_table() {
     drop(other);
     srv.shutdown().await;
     // The change feed's slot is permanent: drop it, or it keeps WAL.
+    support::pg_server::drop_slot(&sql, &format!("slot_{name}")).await;
     sql.batch_execute(&format!(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'slot_{name}' AND active_pid IS NOT NULL;"
-    ))
-    .await
-    .ok();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    sql.batch_execute(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'slot_{name}';
-         DROP PUBLICATION IF EXISTS pub_{name}; DROP TABLE IF EXISTS public.{table};"
+        "DROP PUBLICATION IF EXISTS pub_{name}; DROP TABLE IF EXISTS public.{table};"
     ))
     .await
     .ok();
